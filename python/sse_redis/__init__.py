@@ -1,0 +1,32 @@
+"""Resumable Server-Sent Event streams stored in Redis Streams.
+
+The hot path lives in a Rust core (``sse_redis._core``); a pure-Python twin
+(``sse_redis._pure``) with the same names and results serves where no binary
+wheel exists, or when ``SSE_REDIS_PURE=1``.  ``BACKEND`` says which is live.
+"""
+
+from __future__ import annotations
+
+from ._backend import BACKEND, module as _module
+
+_live = _module()
+
+Event = _live.Event
+SSEParser = _live.SSEParser
+encode_event = _live.encode_event
+patch_nulls = _live.patch_nulls
+is_terminal = _live.is_terminal
+sniff_stop_reason = _live.sniff_stop_reason
+set_event_id = _live.set_event_id
+
+__all__ = [
+    "BACKEND",
+    "Event",
+    "SSEParser",
+    "encode_event",
+    "patch_nulls",
+    "is_terminal",
+    "sniff_stop_reason",
+    "set_event_id",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,4 @@
+//! The Python faces of the Rust core: argument checks and conversions only.
+
+pub mod args;
+pub mod codec;
