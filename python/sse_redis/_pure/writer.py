@@ -1,0 +1,364 @@
+"""The writer engine, pure-Python twin of ``src/io/writer.rs``.
+
+One background thread owns the pipeline connection.  ``write`` only queues a
+chunk and wakes it; the thread sends everything queued in one pipeline of
+``append.lua`` calls (one per run per ``flush_size`` chunks) and, while that
+pipeline is in flight, new chunks gather for the next one (group commit).  A
+single sender means the pipelines of one run never overlap, so chunks land in
+seq order; the script makes every batch all-or-nothing and fenced, so a retry
+after a lost reply never stores a chunk twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from importlib import resources
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..errors import (
+    RedisUnavailable,
+    RunClosedError,
+    SSERedisError,
+    StaleWriterError,
+    WriteTimeout,
+)
+
+APPEND_SCRIPT = resources.files("sse_redis").joinpath("append.lua").read_text()
+# Bound on chunks per pipeline, so one round trip stays short.
+MAX_PIPELINE_CHUNKS = 2048
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def connect(url: str, connect_timeout: float, socket_timeout: float | None) -> redis.Redis:
+    """A client of our own for ``url``; retries are ours, not redis-py's."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+
+
+def read_top(client: redis.Redis, key: str) -> tuple[int, bool]:
+    """``(seq_id, complete)`` of the stream's last entry, ``(0, False)`` if none."""
+    entries = client.xrevrange(key, "+", "-", count=1)
+    if not entries:
+        return 0, False
+    fields = entries[0][1]
+    return int(fields.get(b"seq_id", 0)), fields.get(b"complete") == b"true"
+
+
+class _Chunk:
+    __slots__ = ("seq", "data", "timestamp", "complete")
+
+    def __init__(self, seq: int, data: str, complete: bool) -> None:
+        self.seq = seq
+        self.data = data
+        self.timestamp = int(time.time() * 1000)
+        self.complete = complete
+
+
+class _Run:
+    """What the engine knows of one open run."""
+
+    __slots__ = ("key", "queue", "next_seq", "stored", "closing", "error", "ready")
+
+    def __init__(self, key: str, top: int) -> None:
+        self.key = key
+        self.queue: deque[_Chunk] = deque()
+        self.next_seq = top + 1
+        self.stored = top
+        self.closing = False  # a terminal chunk is queued: no more writes
+        self.error: BaseException | None = None
+        self.ready = False  # listed in the engine's ready queue
+
+
+class WriterEngine:
+    def __init__(
+        self,
+        url: str,
+        *,
+        flush_size: int = 50,
+        ttl: int | None = 10800,
+        max_len: int | None = 10000,
+        max_pending: int = 10000,
+        retry_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        self._client = connect(url, connect_timeout, socket_timeout)
+        self._flush_size = flush_size
+        self._ttl = b"" if ttl is None else str(ttl).encode()
+        self._max_len = b"" if max_len is None else str(max_len).encode()
+        self._max_pending = max_pending
+        self._retry_timeout = retry_timeout
+        self._writer_id = uuid.uuid4().hex.encode()
+        self._sha: str | None = None
+
+        self._cv = threading.Condition(threading.Lock())
+        self._runs: dict[str, _Run] = {}
+        self._ready: deque[_Run] = deque()
+        self._pending = 0  # queued or in flight, across all runs
+        self._failed: list[_Run] = []  # runs whose error no one has seen yet
+        self._closed = False
+        self._stats = {"chunks": 0, "batches": 0, "pipelines": 0, "retries": 0, "errors": 0}
+        self._thread = threading.Thread(target=self._sender, name="sse-redis-writer", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side ---------------------------------------------------
+
+    def open(self, key: str) -> None:
+        """Learn where the run stands in Redis (one round trip, first write only)."""
+        with self._cv:
+            if key in self._runs:
+                return
+        top, complete = read_top(self._client, key)
+        if complete:
+            raise RunClosedError(f"run stream {key!r} is already complete")
+        with self._cv:
+            self._runs.setdefault(key, _Run(key, top))
+
+    def write(self, key: str, data: str, complete: bool, timeout: float | None = None) -> int:
+        """Queue one chunk and return its seq id; waits for buffer space up to ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cv:
+                run = self._runs.get(key)
+                if run is not None:
+                    while self._pending >= self._max_pending and self._runs.get(key) is run:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise WriteTimeout(
+                                f"{self._pending} chunks waiting for Redis; no room within {timeout}s"
+                            )
+                        self._cv.wait(left)
+                    if self._runs.get(key) is run:
+                        return self._enqueue(run, data, complete)
+                    continue  # the run failed while we waited: report that
+            self.open(key)
+
+    def try_write(self, key: str, data: str, complete: bool) -> int | None:
+        """``write`` that never waits: ``None`` when the run is not open yet or the buffer is full."""
+        with self._cv:
+            run = self._runs.get(key)
+            if run is None or (run.error is None and self._pending >= self._max_pending):
+                return None
+            return self._enqueue(run, data, complete)
+
+    def _enqueue(self, run: _Run, data: str, complete: bool) -> int:
+        """Caller holds the lock."""
+        self._raise_closed()
+        if run.error is not None:
+            self._deliver(run)
+        if run.closing:
+            raise RunClosedError(f"run stream {run.key!r} is already complete")
+        chunk = _Chunk(run.next_seq, data, complete)
+        run.next_seq += 1
+        run.closing = complete
+        run.queue.append(chunk)
+        self._pending += 1
+        if not run.ready:
+            run.ready = True
+            self._ready.append(run)
+            self._cv.notify_all()
+        return chunk.seq
+
+    def flush(self, timeout: float | None = None, key: str | None = None) -> None:
+        """Return once every chunk queued so far (for ``key``, or all runs) is
+        stored; raise what failed since the last flush."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            if key is None:
+                runs = list(self._runs.values())
+            else:
+                runs = [self._runs[key]] if key in self._runs else []
+            for run in runs:
+                target = run.next_seq - 1
+                while self._runs.get(run.key) is run and run.stored < target and run.error is None:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise WriteTimeout(f"flush did not finish within {timeout}s")
+                    self._cv.wait(left)
+            if key is None:
+                self._raise_errors()
+            elif runs and runs[0].error is not None:
+                self._deliver(runs[0])
+
+    def _deliver(self, run: _Run) -> None:
+        """Raise the run's error once; the next write re-reads Redis.  Caller holds the lock."""
+        if self._runs.get(run.key) is run:
+            del self._runs[run.key]
+        if run in self._failed:
+            self._failed.remove(run)
+        raise run.error  # type: ignore[misc]
+
+    def _raise_errors(self) -> None:
+        if self._failed:
+            self._deliver(self._failed[0])
+
+    def _raise_closed(self) -> None:
+        if self._closed:
+            raise SSERedisError("the writer is closed")
+
+    def forget(self, key: str) -> None:
+        """Drop the run's state once its queue is empty (used after a terminal write)."""
+        with self._cv:
+            run = self._runs.get(key)
+            if run is not None and not run.queue and run.stored == run.next_seq - 1:
+                del self._runs[key]
+
+    def last_seq(self, key: str) -> int:
+        return read_top(self._client, key)[0]
+
+    def delete(self, key: str) -> None:
+        with self._cv:
+            run = self._runs.pop(key, None)
+            if run is not None:
+                if run in self._failed:
+                    self._failed.remove(run)
+                self._pending -= len(run.queue)
+                run.queue.clear()
+                self._cv.notify_all()
+        self._client.delete(key)
+
+    def stats(self) -> dict[str, int]:
+        with self._cv:
+            return dict(self._stats, pending=self._pending, runs=len(self._runs))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, stop the sender thread, and drop the connection."""
+        with self._cv:
+            if self._closed:
+                return
+        try:
+            self.flush(timeout)
+        finally:
+            with self._cv:
+                self._closed = True
+                self._cv.notify_all()
+            self._thread.join(timeout)
+            self._client.close()
+
+    # -- the sender thread ----------------------------------------------------
+
+    def _sender(self) -> None:
+        while True:
+            with self._cv:
+                while not self._ready and not self._closed:
+                    self._cv.wait()
+                if not self._ready:
+                    return
+                batches = self._take_batches()
+            outcomes = self._send(batches)
+            with self._cv:
+                self._apply(batches, outcomes)
+                self._cv.notify_all()
+
+    def _take_batches(self) -> list[tuple[_Run, list[_Chunk]]]:
+        """Everything ready, split into per-run batches of ``flush_size``; caller holds the lock."""
+        batches: list[tuple[_Run, list[_Chunk]]] = []
+        room = MAX_PIPELINE_CHUNKS
+        while self._ready and room > 0:
+            run = self._ready[0]
+            while run.queue and room > 0:
+                take = min(self._flush_size, len(run.queue), room)
+                batches.append((run, [run.queue.popleft() for _ in range(take)]))
+                room -= take
+            if not run.queue:
+                run.ready = False
+                self._ready.popleft()
+        return batches
+
+    def _send(self, batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
+        """One pipeline; retried (safely, the script spots its own batches) until the deadline."""
+        deadline = time.monotonic() + self._retry_timeout
+        delay = 0.01
+        while True:
+            try:
+                replies = self._pipeline(batches)
+                if any(_is_noscript(r) for r in replies):
+                    self._sha = None
+                    replies = self._pipeline(batches)
+                return replies
+            except RETRYABLE as exc:
+                self._count("retries")
+                if time.monotonic() + delay > deadline:
+                    error = RedisUnavailable(f"Redis unreachable for {self._retry_timeout}s: {exc}")
+                    return [error] * len(batches)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _pipeline(self, batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
+        if self._sha is None:
+            self._sha = self._client.script_load(APPEND_SCRIPT)
+        pipe = self._client.pipeline(transaction=False)
+        for run, chunks in batches:
+            args: list[object] = [self._writer_id, chunks[0].seq, self._max_len, self._ttl]
+            for chunk in chunks:
+                args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
+            pipe.evalsha(self._sha, 1, run.key, *args)
+        self._count("pipelines")
+        return pipe.execute(raise_on_error=False)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._cv:
+            self._stats[name] += n
+
+    def _apply(self, batches: list[tuple[_Run, list[_Chunk]]], outcomes: list[object]) -> None:
+        """Record what each batch did; caller holds the lock."""
+        for (run, chunks), outcome in zip(batches, outcomes):
+            self._pending -= len(chunks)
+            self._stats["batches"] += 1
+            if self._runs.get(run.key) is not run or run.error is not None:
+                continue  # deleted meanwhile, or an earlier batch of it failed
+            error = _batch_error(run.key, chunks, outcome)
+            if error is None:
+                self._stats["chunks"] += len(chunks)
+                run.stored = chunks[-1].seq
+                if chunks[-1].complete:
+                    del self._runs[run.key]  # bounded memory: a finished run leaves nothing
+                continue
+            if isinstance(error, _AlreadyComplete):
+                del self._runs[run.key]  # a second terminal: a no-op, not an error
+                continue
+            self._stats["errors"] += 1
+            run.error = error
+            self._failed.append(run)
+            self._pending -= len(run.queue)
+            run.queue.clear()
+
+
+class _AlreadyComplete(Exception):
+    """A batch holding only a terminal chunk found the run already closed."""
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSCRIPT")
+
+
+def _batch_error(key: str, chunks: list[_Chunk], outcome: object) -> BaseException | None:
+    """``None`` when the batch is stored (now or by an earlier try), else the error to report."""
+    if isinstance(outcome, BaseException):
+        if isinstance(outcome, SSERedisError):
+            return outcome
+        return SSERedisError(f"Redis refused a batch for {key!r}: {outcome}")
+    status, top = outcome[0], int(outcome[1])  # type: ignore[index]
+    if status in (b"ok", b"dup"):
+        return None
+    if status == b"closed":
+        if len(chunks) == 1 and chunks[0].complete:
+            return _AlreadyComplete()
+        return RunClosedError(f"run stream {key!r} was completed by another writer at seq {top}")
+    expected = chunks[0].seq - 1
+    if top == 0:
+        return StaleWriterError(f"run stream {key!r} vanished (expired or deleted) after seq {expected}")
+    return StaleWriterError(
+        f"run stream {key!r} is at seq {top}, not {expected}: another writer has written to it"
+    )

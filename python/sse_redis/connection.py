@@ -1,0 +1,61 @@
+"""Where Redis is: a URL, or a redis-py client whose settings are reused.
+
+Both engines take a URL (``redis://``, ``rediss://``, ``unix://``); a client
+is turned into one here.  URLs carry credentials, so anything printed goes
+through ``redact`` first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+SCHEMES = ("redis", "rediss", "unix")
+
+
+def resolve_url(target: Any) -> str:
+    """A URL for ``target``: a URL string, or a ``redis.Redis`` /
+    ``redis.asyncio.Redis`` client (host, port, db, credentials, TLS)."""
+    if isinstance(target, str):
+        scheme = urlsplit(target).scheme
+        if scheme not in SCHEMES:
+            raise ValueError(f"unsupported Redis URL scheme {scheme!r} in {redact(target)!r}")
+        return target
+    pool = getattr(target, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:
+        raise TypeError(f"expected a Redis URL or a redis-py client, not {type(target).__name__}")
+    return _url_from_kwargs(kwargs, getattr(pool, "connection_class", None))
+
+
+def _url_from_kwargs(kwargs: dict[str, Any], connection_class: type | None) -> str:
+    user = kwargs.get("username") or ""
+    password = kwargs.get("password") or ""
+    auth = ""
+    if user or password:
+        auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "") + "@"
+    db = kwargs.get("db", 0) or 0
+    if kwargs.get("path"):
+        query = f"db={db}"
+        return f"unix://{auth}{kwargs['path']}?{query}"
+    tls = connection_class is not None and "SSL" in connection_class.__name__
+    scheme = "rediss" if tls else "redis"
+    host = kwargs.get("host", "localhost")
+    port = kwargs.get("port", 6379)
+    url = f"{scheme}://{auth}{host}:{port}/{db}"
+    if tls and kwargs.get("ssl_cert_reqs") in ("none", None, 0):
+        url += "?ssl_cert_reqs=none"
+    return url
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}"))

@@ -1,0 +1,92 @@
+"""How a run id maps to its stream key: one object shared verbatim by the
+writer and the reader.  Run ids are validated here, so no caller can reach a
+key outside the layout's prefix."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Callable, Union
+
+MAX_RUN_ID_LENGTH = 256
+
+
+def validate_run_id(run_id: object) -> str:
+    """``run_id`` itself, or ``TypeError``/``ValueError`` when it is not a
+    non-empty ``str`` of at most 256 characters without control characters
+    (nor braces, which would change a cluster layout's hash slot)."""
+    if not isinstance(run_id, str):
+        raise TypeError(f"run_id must be a str, not {type(run_id).__name__}")
+    if not run_id:
+        raise ValueError("run_id must not be empty")
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise ValueError(f"run_id is longer than {MAX_RUN_ID_LENGTH} characters")
+    if not run_id.isprintable() or "{" in run_id or "}" in run_id:
+        raise ValueError(f"run_id {run_id!r} contains control characters or braces")
+    run_id.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError here
+    return run_id
+
+
+def _validate_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not prefix or not prefix.isprintable():
+        raise ValueError(f"key prefix must be a non-empty printable str, not {prefix!r}")
+    if "{" in prefix or "}" in prefix:
+        raise ValueError("key prefix must not contain braces")
+    return prefix
+
+
+class KeyLayout:
+    """The reference's layout: ``<prefix><run_id>``, default ``sse:run:<run_id>``."""
+
+    def __init__(self, prefix: str = "sse:run:") -> None:
+        self.prefix = _validate_prefix(prefix)
+
+    def key(self, run_id: str) -> str:
+        return self.prefix + validate_run_id(run_id)
+
+    def __call__(self, run_id: str) -> str:
+        return self.key(run_id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(prefix={self.prefix!r})"
+
+
+class ClusterKeyLayout(KeyLayout):
+    """Bucketed for Redis Cluster: ``<prefix>{<bucket>}:<run_id>``.
+
+    The bucket (a stable CRC32 of the run id modulo ``buckets``) is the hash
+    tag, so one blocking ``XREAD`` can wait on every run of a bucket.
+    """
+
+    def __init__(self, prefix: str = "sse:run:", buckets: int = 16) -> None:
+        super().__init__(prefix)
+        if not isinstance(buckets, int) or isinstance(buckets, bool) or not 1 <= buckets <= 16384:
+            raise ValueError("buckets must be an int between 1 and 16384")
+        self.buckets = buckets
+
+    def bucket(self, run_id: str) -> int:
+        return zlib.crc32(run_id.encode("utf-8")) % self.buckets
+
+    def key(self, run_id: str) -> str:
+        run_id = validate_run_id(run_id)
+        return f"{self.prefix}{{{self.bucket(run_id)}}}:{run_id}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(prefix={self.prefix!r}, buckets={self.buckets})"
+
+
+KeyFunction = Callable[[str], str]
+Layout = Union[KeyLayout, KeyFunction]
+
+
+def resolve(layout: Layout | str | None) -> KeyFunction:
+    """A layout object, a prefix string, or any callable ``run_id -> key``
+    (a callable still gets the run id validated first)."""
+    if layout is None:
+        return KeyLayout()
+    if isinstance(layout, str):
+        return KeyLayout(layout)
+    if isinstance(layout, KeyLayout):
+        return layout
+    if callable(layout):
+        return lambda run_id: layout(validate_run_id(run_id))
+    raise TypeError(f"keys must be a KeyLayout, a prefix str or a callable, not {layout!r}")

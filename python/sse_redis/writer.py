@@ -1,0 +1,244 @@
+"""``StreamWriter`` and ``AsyncStreamWriter``: the faces over the writer engine.
+
+The engine (``_core.WriterEngine`` or its twin ``_pure.WriterEngine``) does
+the I/O on its own thread; these classes validate, frame terminal and error
+chunks, and keep one engine per process (a forked child starts its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import weakref
+from typing import Any
+
+from . import _backend, keys as _keys
+from .connection import redact, resolve_url
+from .errors import RunClosedError
+
+log = logging.getLogger("sse_redis")
+
+DONE_CHUNK = "data: [DONE]\n\n"
+DEFAULT_PUBLIC_ERROR = "An internal error occurred while streaming this run."
+
+
+def error_chunk(message: str) -> str:
+    """The terminal error event a browser sees: ``event: error`` plus JSON."""
+    codec = _backend.module()
+    return codec.encode_event(
+        json.dumps({"error": message, "code": "INTERNAL_SERVER_ERROR"}), event="error"
+    )
+
+
+class StreamWriter:
+    """Writes SSE chunks of runs to Redis Streams, pipelined and in order.
+
+    ``redis`` is a URL (``redis://``, ``rediss://``, ``unix://``) or a redis-py
+    client whose settings are reused.  ``keys`` maps a run id to its stream key
+    (a ``KeyLayout``, a prefix, or a callable) and must match the reader's.
+    Chunks leave at once when no pipeline is in flight, and gather for the next
+    pipeline while one is (group commit), ``flush_size`` per run per batch.
+    ``flush_interval`` is the reference's knob and a bound this meets by
+    construction: no chunk ever waits for a timer.
+    """
+
+    def __init__(
+        self,
+        redis: Any = "redis://127.0.0.1:6379/0",
+        *,
+        keys: _keys.Layout | str | None = None,
+        flush_interval: float = 0.5,
+        flush_size: int = 50,
+        ttl: int | None = 10800,
+        max_len: int | None = 10000,
+        max_pending: int = 10000,
+        write_timeout: float | None = 30.0,
+        retry_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        backend: str | None = None,
+    ) -> None:
+        _positive("flush_size", flush_size, int)
+        _positive("flush_interval", flush_interval, (int, float))
+        _positive("max_pending", max_pending, int)
+        _positive("retry_timeout", retry_timeout, (int, float))
+        for name, value in (("ttl", ttl), ("max_len", max_len)):
+            if value is not None:
+                _positive(name, value, int)
+        self._url = resolve_url(redis)
+        self._key = _keys.resolve(keys)
+        self._module = _backend.module(backend)
+        self.backend = backend or _backend.BACKEND
+        self.flush_interval = flush_interval
+        self._write_timeout = write_timeout
+        self._options = dict(
+            flush_size=flush_size,
+            ttl=ttl,
+            max_len=max_len,
+            max_pending=max_pending,
+            retry_timeout=float(retry_timeout),
+            connect_timeout=float(connect_timeout),
+        )
+        self._engine: Any = None
+        self._engine_pid = -1
+        self._closed = False
+        _open_writers.add(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({redact(self._url)!r}, backend={self.backend!r})"
+
+    @property
+    def engine(self) -> Any:
+        """This process's engine; a forked child builds its own on first use."""
+        if self._engine_pid != os.getpid():
+            if self._closed:
+                raise RuntimeError("this StreamWriter is closed")
+            self._engine = self._module.WriterEngine(self._url, **self._options)
+            self._engine_pid = os.getpid()
+        return self._engine
+
+    def prepare(self, run_id: str, chunk: str, terminal: bool | None = None) -> tuple[str, bool]:
+        """The run's key and whether ``chunk`` ends it; validates both."""
+        key = self._key(run_id)
+        if not isinstance(chunk, str):
+            raise TypeError(f"chunk must be a str, not {type(chunk).__name__}")
+        if not chunk.isascii():
+            chunk.encode("utf-8")  # refused now (UnicodeEncodeError), not in the sender thread
+        if terminal is None:
+            terminal = self._module.is_terminal(chunk)
+        return key, terminal
+
+    def write(self, run_id: str, chunk: str, *, terminal: bool | None = None) -> int:
+        """Queue ``chunk`` for ``run_id`` and return its seq id (1, 2, ...).
+
+        A terminal chunk (``data: [DONE]`` or ``event: error``) closes the run.
+        Blocks while ``max_pending`` chunks wait for Redis, up to ``write_timeout``.
+        """
+        key, terminal = self.prepare(run_id, chunk, terminal)
+        return self.engine.write(key, chunk, terminal, self._write_timeout)
+
+    def complete(self, run_id: str) -> int | None:
+        """Write ``data: [DONE]`` and wait until it is stored; a no-op (``None``)
+        when the run is already complete, whichever writer completed it."""
+        return self._finish(run_id, DONE_CHUNK)
+
+    def fail(self, run_id: str, exc: BaseException | None = None, public_message: str | None = None) -> int | None:
+        """End the run with an error event.  The browser sees ``public_message``
+        (default: a generic text), never the exception's own text, which is logged."""
+        if exc is not None:
+            log.error("run %s failed: %s: %s", run_id, type(exc).__name__, exc)
+        return self._finish(run_id, error_chunk(public_message or DEFAULT_PUBLIC_ERROR))
+
+    def _finish(self, run_id: str, chunk: str) -> int | None:
+        key = self._key(run_id)
+        try:
+            seq = self.engine.write(key, chunk, True, self._write_timeout)
+        except RunClosedError:
+            return None
+        self.engine.flush(self._write_timeout, key)
+        return seq
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once everything written so far is stored; raises a batch's error."""
+        self.engine.flush(timeout if timeout is not None else self._write_timeout, None)
+
+    def last_seq(self, run_id: str) -> int:
+        """The last seq id stored for the run (0 when there is none)."""
+        return self.engine.last_seq(self._key(run_id))
+
+    def delete(self, run_id: str) -> None:
+        """Delete the run's stream and forget its state."""
+        self.engine.delete(self._key(run_id))
+
+    def stats(self) -> dict[str, int]:
+        """Counters: chunks and batches stored, pipelines, retries, errors, pending chunks, open runs."""
+        return self.engine.stats()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and stop the engine; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_writers.discard(self)
+        engine, self._engine = self._engine, None
+        if engine is not None and self._engine_pid == os.getpid():
+            engine.close(timeout if timeout is not None else self._write_timeout)
+
+    def __enter__(self) -> "StreamWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStreamWriter:
+    """``StreamWriter`` for asyncio: the same methods as coroutines.
+
+    A write that can be queued at once costs no thread hop; one that must
+    wait (first write of a run, or a full buffer) waits in a worker thread,
+    so the event loop never blocks.
+    """
+
+    def __init__(self, redis: Any = "redis://127.0.0.1:6379/0", **options: Any) -> None:
+        self.sync = StreamWriter(redis, **options)
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+    @property
+    def backend(self) -> str:
+        return self.sync.backend
+
+    async def write(self, run_id: str, chunk: str, *, terminal: bool | None = None) -> int:
+        key, terminal = self.sync.prepare(run_id, chunk, terminal)
+        seq = self.sync.engine.try_write(key, chunk, terminal)
+        if seq is None:
+            seq = await asyncio.to_thread(self.sync.engine.write, key, chunk, terminal, self.sync._write_timeout)
+        return seq
+
+    async def complete(self, run_id: str) -> int | None:
+        return await asyncio.to_thread(self.sync.complete, run_id)
+
+    async def fail(self, run_id: str, exc: BaseException | None = None, public_message: str | None = None) -> int | None:
+        return await asyncio.to_thread(self.sync.fail, run_id, exc, public_message)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        await asyncio.to_thread(self.sync.flush, timeout)
+
+    async def last_seq(self, run_id: str) -> int:
+        return await asyncio.to_thread(self.sync.last_seq, run_id)
+
+    async def delete(self, run_id: str) -> None:
+        await asyncio.to_thread(self.sync.delete, run_id)
+
+    def stats(self) -> dict[str, int]:
+        return self.sync.stats()
+
+    async def close(self, timeout: float | None = None) -> None:
+        await asyncio.to_thread(self.sync.close, timeout)
+
+    async def __aenter__(self) -> "AsyncStreamWriter":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _positive(name: str, value: object, kind: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a positive number, not {value!r}")
+
+
+# Writers still open at interpreter exit are flushed, so no queued chunk is lost.
+_open_writers: "weakref.WeakSet[StreamWriter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_writers() -> None:
+    for writer in list(_open_writers):
+        try:
+            writer.close(timeout=5.0)
+        except Exception as exc:  # exit must go on; say what was lost
+            log.error("sse-redis: flushing %r at exit failed: %s", writer, exc)

@@ -1,0 +1,6 @@
+//! The I/O engines: plain Rust on background threads with the `redis`
+//! crate's synchronous connections; they never touch Python.
+
+pub mod conn;
+pub mod entries;
+pub mod writer;

@@ -1,0 +1,560 @@
+//! The writer engine (twin of `python/sse_redis/_pure/writer.py`).
+//!
+//! One background thread owns the pipeline connection. `write` only queues a
+//! chunk and wakes it; the thread sends everything queued as one pipeline of
+//! `append.lua` calls (one per run per `flush_size` chunks), and while that
+//! pipeline is in flight new chunks gather for the next one (group commit).
+//! A single sender means pipelines of one run never overlap, so chunks land
+//! in seq order; the script makes each batch all-or-nothing and fenced, so a
+//! retry after a lost reply never stores a chunk twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Client, Connection, RedisResult, Value};
+
+use super::conn;
+use super::entries::parse_range;
+
+const APPEND_SCRIPT: &str = include_str!("../../python/sse_redis/append.lua");
+/// Bound on chunks per pipeline, so one round trip stays short.
+const MAX_PIPELINE_CHUNKS: usize = 2048;
+
+#[derive(Clone, Debug)]
+pub enum WriteError {
+    Closed(String),
+    Stale(String),
+    Timeout(String),
+    Unavailable(String),
+    Redis(String),
+    EngineClosed,
+}
+
+pub struct Options {
+    pub flush_size: usize,
+    pub ttl: Option<u64>,
+    pub max_len: Option<u64>,
+    pub max_pending: usize,
+    pub retry_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub socket_timeout: Duration,
+}
+
+struct Chunk {
+    seq: u64,
+    data: String,
+    timestamp: u64,
+    complete: bool,
+}
+
+/// What the engine knows of one open run. `gen` tells a run apart from a
+/// later run under the same key (the Python twin uses object identity).
+struct Run {
+    gen: u64,
+    queue: VecDeque<Chunk>,
+    next_seq: u64,
+    stored: u64,
+    closing: bool,
+    error: Option<WriteError>,
+    ready: bool,
+}
+
+#[derive(Default, Clone)]
+pub struct Stats {
+    pub chunks: u64,
+    pub batches: u64,
+    pub pipelines: u64,
+    pub retries: u64,
+    pub errors: u64,
+    pub pending: u64,
+    pub runs: u64,
+}
+
+#[derive(Default)]
+struct State {
+    runs: HashMap<String, Run>,
+    ready: VecDeque<String>,
+    pending: usize,
+    failed: Vec<(String, u64)>,
+    closed: bool,
+    stats: Stats,
+    next_gen: u64,
+}
+
+impl State {
+    fn run(&self, key: &str, gen: u64) -> Option<&Run> {
+        self.runs.get(key).filter(|r| r.gen == gen)
+    }
+
+    /// Takes the run's error out, forgetting the run; the next write re-reads Redis.
+    fn deliver(&mut self, key: &str) -> WriteError {
+        let run = self.runs.remove(key).expect("deliver: run present");
+        self.failed.retain(|(k, g)| !(k == key && *g == run.gen));
+        run.error.expect("deliver: run has an error")
+    }
+}
+
+struct Batch {
+    key: String,
+    gen: u64,
+    chunks: Vec<Chunk>,
+}
+
+enum Outcome {
+    Stored,
+    AlreadyComplete,
+    Failed(WriteError),
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    opts: Options,
+    writer_id: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a change, at most `left` (`None`: as long as it takes).
+    fn wait<'a>(&self, guard: MutexGuard<'a, State>, left: Option<Duration>) -> MutexGuard<'a, State> {
+        match left {
+            None => self.changed.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            Some(left) => self.changed.wait_timeout(guard, left).map_or_else(|p| p.into_inner().0, |r| r.0),
+        }
+    }
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    client: Client,
+    control: Mutex<Option<Connection>>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+impl Engine {
+    pub fn new(url: &str, opts: Options) -> Result<Engine, WriteError> {
+        let client = conn::client(url).map_err(WriteError::Redis)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            writer_id: writer_id(),
+            opts,
+        });
+        let sender = Sender::new(client.clone(), shared.clone());
+        let handle = std::thread::Builder::new()
+            .name("sse-redis-writer".into())
+            .spawn(move || sender.run())
+            .map_err(|e| WriteError::Redis(format!("cannot start the writer thread: {e}")))?;
+        Ok(Engine { shared, client, control: Mutex::new(None), sender: Mutex::new(Some(handle)) })
+    }
+
+    /// A command on the control connection (opened on demand, dropped when the link breaks).
+    fn control<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T, WriteError> {
+        let mut slot = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let opts = &self.shared.opts;
+            let con = conn::connect(&self.client, opts.connect_timeout, Some(opts.socket_timeout))
+                .map_err(|e| WriteError::Unavailable(format!("cannot connect to Redis: {e}")))?;
+            *slot = Some(con);
+        }
+        let result = f(slot.as_mut().expect("connected above"));
+        result.map_err(|e| {
+            if conn::is_link_error(&e) {
+                *slot = None;
+                WriteError::Unavailable(format!("Redis connection failed: {e}"))
+            } else {
+                WriteError::Redis(format!("Redis refused a command: {e}"))
+            }
+        })
+    }
+
+    /// `(seq_id, complete)` of the stream's last entry, `(0, false)` if none.
+    fn read_top(&self, key: &str) -> Result<(u64, bool), WriteError> {
+        let reply: Value = self.control(|c| {
+            redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query(c)
+        })?;
+        Ok(parse_range(&reply).first().map_or((0, false), |e| (e.seq(), e.is_complete())))
+    }
+
+    /// Learns where the run stands in Redis (one round trip, first write only).
+    pub fn open(&self, key: &str) -> Result<(), WriteError> {
+        if self.shared.lock().runs.contains_key(key) {
+            return Ok(());
+        }
+        let (top, complete) = self.read_top(key)?;
+        if complete {
+            return Err(WriteError::Closed(format!("run stream {key:?} is already complete")));
+        }
+        let mut state = self.shared.lock();
+        let gen = state.next_gen;
+        state.runs.entry(key.to_owned()).or_insert_with(|| Run {
+            gen,
+            queue: VecDeque::new(),
+            next_seq: top + 1,
+            stored: top,
+            closing: false,
+            error: None,
+            ready: false,
+        });
+        state.next_gen += 1;
+        Ok(())
+    }
+
+    /// Queues one chunk and returns its seq id; waits for buffer space up to `timeout`.
+    pub fn write(&self, key: &str, data: String, complete: bool, timeout: Option<Duration>) -> Result<u64, WriteError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut data = Some(data);
+        loop {
+            {
+                let mut state = self.shared.lock();
+                if let Some(gen) = state.runs.get(key).map(|r| r.gen) {
+                    while state.pending >= self.shared.opts.max_pending
+                        && state.run(key, gen).is_some_and(|r| r.error.is_none())
+                        && !state.closed
+                    {
+                        let left = remaining(deadline);
+                        if left == Some(Duration::ZERO) {
+                            return Err(WriteError::Timeout(format!(
+                                "{} chunks waiting for Redis; no room within {:?}",
+                                state.pending,
+                                timeout.unwrap_or_default()
+                            )));
+                        }
+                        state = self.shared.wait(state, left);
+                    }
+                    if state.run(key, gen).is_some() {
+                        return self.enqueue(&mut state, key, data.take().expect("data"), complete);
+                    }
+                    continue; // the run failed while we waited: report that
+                }
+            }
+            self.open(key)?;
+        }
+    }
+
+    /// `write` that never waits: `None` when the run is not open yet or the buffer is full.
+    pub fn try_write(&self, key: &str, data: String, complete: bool) -> Result<Option<u64>, WriteError> {
+        let mut state = self.shared.lock();
+        match state.runs.get(key) {
+            None => Ok(None),
+            Some(run) if run.error.is_none() && state.pending >= self.shared.opts.max_pending => Ok(None),
+            Some(_) => self.enqueue(&mut state, key, data, complete).map(Some),
+        }
+    }
+
+    fn enqueue(&self, state: &mut State, key: &str, data: String, complete: bool) -> Result<u64, WriteError> {
+        if state.closed {
+            return Err(WriteError::EngineClosed);
+        }
+        let run = state.runs.get_mut(key).expect("enqueue: run present");
+        if run.error.is_some() {
+            return Err(state.deliver(key));
+        }
+        if run.closing {
+            return Err(WriteError::Closed(format!("run stream {key:?} is already complete")));
+        }
+        let seq = run.next_seq;
+        run.next_seq += 1;
+        run.closing = complete;
+        run.queue.push_back(Chunk { seq, data, timestamp: now_ms(), complete });
+        let newly_ready = !run.ready;
+        run.ready = true;
+        state.pending += 1;
+        if newly_ready {
+            state.ready.push_back(key.to_owned());
+            self.shared.changed.notify_all();
+        }
+        Ok(seq)
+    }
+
+    /// Returns once every chunk queued so far (for `key`, or all runs) is
+    /// stored; raises what failed since the last flush.
+    pub fn flush(&self, timeout: Option<Duration>, key: Option<&str>) -> Result<(), WriteError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.shared.lock();
+        let targets: Vec<(String, u64, u64)> = state
+            .runs
+            .iter()
+            .filter(|(k, _)| key.is_none_or(|want| want == k.as_str()))
+            .map(|(k, r)| (k.clone(), r.gen, r.next_seq - 1))
+            .collect();
+        for (k, gen, target) in &targets {
+            while state.run(k, *gen).is_some_and(|r| r.stored < *target && r.error.is_none()) {
+                let left = remaining(deadline);
+                if left == Some(Duration::ZERO) {
+                    return Err(WriteError::Timeout(format!(
+                        "flush did not finish within {:?}",
+                        timeout.unwrap_or_default()
+                    )));
+                }
+                state = self.shared.wait(state, left);
+            }
+        }
+        match key {
+            None => match state.failed.first().cloned() {
+                Some((k, _)) => Err(state.deliver(&k)),
+                None => Ok(()),
+            },
+            Some(k) => match targets.first() {
+                Some((_, gen, _)) if state.run(k, *gen).is_some_and(|r| r.error.is_some()) => Err(state.deliver(k)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    pub fn last_seq(&self, key: &str) -> Result<u64, WriteError> {
+        Ok(self.read_top(key)?.0)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), WriteError> {
+        {
+            let mut state = self.shared.lock();
+            if let Some(run) = state.runs.remove(key) {
+                state.failed.retain(|(k, g)| !(k == key && *g == run.gen));
+                state.pending -= run.queue.len();
+                self.shared.changed.notify_all();
+            }
+        }
+        self.control(|c| redis::cmd("DEL").arg(key).query::<()>(c))
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = self.shared.lock();
+        Stats { pending: state.pending as u64, runs: state.runs.len() as u64, ..state.stats.clone() }
+    }
+
+    /// Flushes, stops the sender thread, and drops the connections.
+    pub fn close(&self, timeout: Option<Duration>) -> Result<(), WriteError> {
+        if self.shared.lock().closed {
+            return Ok(());
+        }
+        let flushed = self.flush(timeout, None);
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+        if let Some(handle) = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+        *self.control.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        flushed
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Stop the sender without waiting: nothing may block interpreter exit.
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+fn writer_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = String::new();
+    for salt in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ms() ^ salt ^ u64::from(std::process::id()));
+        id.push_str(&format!("{:016x}", h.finish()));
+    }
+    id
+}
+
+/// The background thread: takes what is ready, sends it, records the outcome.
+struct Sender {
+    client: Client,
+    shared: Arc<Shared>,
+    con: Option<Connection>,
+    script: redis::Script,
+    script_loaded: bool,
+}
+
+impl Sender {
+    fn new(client: Client, shared: Arc<Shared>) -> Sender {
+        Sender { client, shared, con: None, script: redis::Script::new(APPEND_SCRIPT), script_loaded: false }
+    }
+
+    fn run(mut self) {
+        loop {
+            let batches = {
+                let mut state = self.shared.lock();
+                while state.ready.is_empty() && !state.closed {
+                    state = self.shared.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.ready.is_empty() {
+                    return;
+                }
+                take_batches(&mut state, self.shared.opts.flush_size)
+            };
+            let outcomes = self.send(&batches);
+            let mut state = self.shared.lock();
+            apply(&mut state, batches, outcomes);
+            self.shared.changed.notify_all();
+        }
+    }
+
+    /// One pipeline, retried (safely: the script spots its own batches) until the deadline.
+    fn send(&mut self, batches: &[Batch]) -> Vec<Outcome> {
+        let deadline = Instant::now() + self.shared.opts.retry_timeout;
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let err = match self.pipeline(batches) {
+                Ok(replies) => return batches.iter().zip(replies).map(|(b, r)| outcome(b, r)).collect(),
+                Err(err) => err,
+            };
+            if !conn::is_link_error(&err) {
+                let error = WriteError::Redis(format!("Redis refused a batch: {err}"));
+                return batches.iter().map(|_| Outcome::Failed(error.clone())).collect();
+            }
+            self.con = None;
+            self.shared.lock().stats.retries += 1;
+            if Instant::now() + delay > deadline {
+                let error = WriteError::Unavailable(format!(
+                    "Redis unreachable for {:?}: {err}",
+                    self.shared.opts.retry_timeout
+                ));
+                return batches.iter().map(|_| Outcome::Failed(error.clone())).collect();
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn pipeline(&mut self, batches: &[Batch]) -> RedisResult<Vec<RedisResult<Value>>> {
+        if self.con.is_none() {
+            let opts = &self.shared.opts;
+            self.con = Some(conn::connect(&self.client, opts.connect_timeout, Some(opts.socket_timeout))?);
+        }
+        let con = self.con.as_mut().expect("connected above");
+        if !self.script_loaded {
+            self.script.prepare_invoke().load(con)?;
+            self.script_loaded = true;
+        }
+        let opts = &self.shared.opts;
+        let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
+        let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for batch in batches {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(1)
+                .arg(&batch.key)
+                .arg(&self.shared.writer_id)
+                .arg(batch.chunks[0].seq)
+                .arg(&max_len)
+                .arg(&ttl);
+            for chunk in &batch.chunks {
+                cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
+            }
+        }
+        self.shared.lock().stats.pipelines += 1;
+        let replies: Vec<RedisResult<Value>> = pipe.query(con)?;
+        if replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
+            self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH)
+            return self.pipeline(batches);
+        }
+        Ok(replies)
+    }
+}
+
+/// Everything ready, as per-run batches of `flush_size`.
+fn take_batches(state: &mut State, flush_size: usize) -> Vec<Batch> {
+    let mut batches = Vec::new();
+    let mut room = MAX_PIPELINE_CHUNKS;
+    while room > 0 {
+        let Some(key) = state.ready.front().cloned() else { break };
+        let Some(run) = state.runs.get_mut(&key) else {
+            state.ready.pop_front(); // deleted meanwhile
+            continue;
+        };
+        while !run.queue.is_empty() && room > 0 {
+            let take = flush_size.min(run.queue.len()).min(room);
+            batches.push(Batch { key: key.clone(), gen: run.gen, chunks: run.queue.drain(..take).collect() });
+            room -= take;
+        }
+        if run.queue.is_empty() {
+            run.ready = false;
+            state.ready.pop_front();
+        }
+    }
+    batches
+}
+
+/// What the script's reply `{status, top seq}` means for the batch.
+fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
+    let key = &batch.key;
+    let reply = match reply {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => return Outcome::Failed(WriteError::Redis(format!("unexpected script reply {other:?}"))),
+        Err(e) => return Outcome::Failed(WriteError::Redis(format!("Redis refused a batch for {key:?}: {e}"))),
+    };
+    let status = match reply.first() {
+        Some(Value::BulkString(s)) => String::from_utf8_lossy(s).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let top = match reply.get(1) {
+        Some(Value::Int(n)) => *n as u64,
+        _ => 0,
+    };
+    let expected = batch.chunks[0].seq - 1;
+    match status.as_str() {
+        "ok" | "dup" => Outcome::Stored,
+        "closed" if batch.chunks.len() == 1 && batch.chunks[0].complete => Outcome::AlreadyComplete,
+        "closed" => Outcome::Failed(WriteError::Closed(format!(
+            "run stream {key:?} was completed by another writer at seq {top}"
+        ))),
+        _ if top == 0 => Outcome::Failed(WriteError::Stale(format!(
+            "run stream {key:?} vanished (expired or deleted) after seq {expected}"
+        ))),
+        _ => Outcome::Failed(WriteError::Stale(format!(
+            "run stream {key:?} is at seq {top}, not {expected}: another writer has written to it"
+        ))),
+    }
+}
+
+/// Records what each batch did.
+fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>) {
+    for (batch, outcome) in batches.into_iter().zip(outcomes) {
+        state.pending -= batch.chunks.len();
+        state.stats.batches += 1;
+        let Some(run) = state.runs.get_mut(&batch.key).filter(|r| r.gen == batch.gen && r.error.is_none()) else {
+            continue; // deleted meanwhile, or an earlier batch of it failed
+        };
+        match outcome {
+            Outcome::Stored => {
+                let last = batch.chunks.last().expect("batches are never empty");
+                run.stored = last.seq;
+                let finished = last.complete;
+                state.stats.chunks += batch.chunks.len() as u64;
+                if finished {
+                    state.runs.remove(&batch.key); // bounded memory: a finished run leaves nothing
+                }
+            }
+            Outcome::AlreadyComplete => {
+                state.runs.remove(&batch.key); // a second terminal: a no-op, not an error
+            }
+            Outcome::Failed(error) => {
+                let dropped = run.queue.len();
+                run.queue.clear();
+                run.error = Some(error);
+                state.pending -= dropped;
+                state.stats.errors += 1;
+                state.failed.push((batch.key, batch.gen));
+            }
+        }
+    }
+}

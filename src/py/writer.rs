@@ -1,0 +1,112 @@
+//! `WriterEngine`: the Python face of `crate::io::writer`, GIL released
+//! around anything that may wait on Redis.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::io::writer::{Engine, Options};
+
+fn seconds(value: f64, name: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, not {value}")))
+}
+
+fn opt_seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
+    value.map(|v| seconds(v, name)).transpose()
+}
+
+#[pyclass(frozen, module = "sse_redis._core")]
+pub struct WriterEngine {
+    inner: Engine,
+}
+
+#[pymethods]
+impl WriterEngine {
+    #[new]
+    #[pyo3(signature = (url, *, flush_size = 50, ttl = Some(10800), max_len = Some(10000),
+                        max_pending = 10000, retry_timeout = 30.0, connect_timeout = 5.0,
+                        socket_timeout = 10.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        url: &str,
+        flush_size: usize,
+        ttl: Option<u64>,
+        max_len: Option<u64>,
+        max_pending: usize,
+        retry_timeout: f64,
+        connect_timeout: f64,
+        socket_timeout: f64,
+    ) -> PyResult<Self> {
+        if flush_size == 0 || max_pending == 0 {
+            return Err(PyValueError::new_err("flush_size and max_pending must be positive"));
+        }
+        let opts = Options {
+            flush_size,
+            ttl,
+            max_len,
+            max_pending,
+            retry_timeout: seconds(retry_timeout, "retry_timeout")?,
+            connect_timeout: seconds(connect_timeout, "connect_timeout")?,
+            socket_timeout: seconds(socket_timeout, "socket_timeout")?,
+        };
+        Ok(WriterEngine { inner: Engine::new(url, opts)? })
+    }
+
+    fn open(&self, py: Python<'_>, key: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.open(key))?)
+    }
+
+    /// Queues without releasing the GIL when it can; waits (released) otherwise.
+    #[pyo3(signature = (key, data, complete, timeout = None))]
+    fn write(&self, py: Python<'_>, key: &str, data: String, complete: bool, timeout: Option<f64>) -> PyResult<u64> {
+        let timeout = opt_seconds(timeout, "timeout")?;
+        let data = match self.inner.try_write(key, data.clone(), complete)? {
+            Some(seq) => return Ok(seq),
+            None => data,
+        };
+        Ok(py.detach(|| self.inner.write(key, data, complete, timeout))?)
+    }
+
+    fn try_write(&self, key: &str, data: String, complete: bool) -> PyResult<Option<u64>> {
+        Ok(self.inner.try_write(key, data, complete)?)
+    }
+
+    #[pyo3(signature = (timeout = None, key = None))]
+    fn flush(&self, py: Python<'_>, timeout: Option<f64>, key: Option<&str>) -> PyResult<()> {
+        let timeout = opt_seconds(timeout, "timeout")?;
+        Ok(py.detach(|| self.inner.flush(timeout, key))?)
+    }
+
+    fn last_seq(&self, py: Python<'_>, key: &str) -> PyResult<u64> {
+        Ok(py.detach(|| self.inner.last_seq(key))?)
+    }
+
+    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.delete(key))?)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let dict = PyDict::new(py);
+        for (name, value) in [
+            ("chunks", s.chunks),
+            ("batches", s.batches),
+            ("pipelines", s.pipelines),
+            ("retries", s.retries),
+            ("errors", s.errors),
+            ("pending", s.pending),
+            ("runs", s.runs),
+        ] {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+
+    #[pyo3(signature = (timeout = None))]
+    fn close(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let timeout = opt_seconds(timeout, "timeout")?;
+        Ok(py.detach(|| self.inner.close(timeout))?)
+    }
+}
