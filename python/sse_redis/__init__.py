@@ -2,12 +2,27 @@
 
 The hot path lives in a Rust core (``sse_redis._core``); a pure-Python twin
 (``sse_redis._pure``) with the same names and results serves where no binary
-wheel exists, or when ``SSE_REDIS_PURE=1``.  ``BACKEND`` says which is live.
+wheel exists, or when ``SSE_REDIS_PURE=1``.  ``BACKEND`` says which is live;
+every face also takes ``backend="rust"|"python"``.
 """
 
 from __future__ import annotations
 
 from ._backend import BACKEND, module as _module
+from .errors import (
+    RedisUnavailable,
+    RunClosedError,
+    SSERedisError,
+    StaleWriterError,
+    StreamNotFound,
+    StreamStalled,
+    StreamTrimmed,
+    WriteTimeout,
+)
+from .keys import ClusterKeyLayout, KeyLayout
+from .processor import aprocess_stream, process_stream
+from .reader import AsyncStreamReader, StreamReader
+from .writer import AsyncStreamWriter, StreamWriter
 
 _live = _module()
 
@@ -28,5 +43,21 @@ __all__ = [
     "is_terminal",
     "sniff_stop_reason",
     "set_event_id",
+    "StreamWriter",
+    "AsyncStreamWriter",
+    "process_stream",
+    "StreamReader",
+    "AsyncStreamReader",
+    "aprocess_stream",
+    "KeyLayout",
+    "ClusterKeyLayout",
+    "SSERedisError",
+    "RunClosedError",
+    "StaleWriterError",
+    "WriteTimeout",
+    "RedisUnavailable",
+    "StreamNotFound",
+    "StreamStalled",
+    "StreamTrimmed",
 ]
 __version__ = "0.1.0"

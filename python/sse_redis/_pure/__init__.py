@@ -10,6 +10,7 @@ from .codec import (
     set_event_id,
     sniff_stop_reason,
 )
+from .hub import ReaderHub
 from .writer import WriterEngine
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "patch_nulls",
     "set_event_id",
     "sniff_stop_reason",
+    "ReaderHub",
     "WriterEngine",
 ]

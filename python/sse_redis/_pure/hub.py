@@ -1,0 +1,475 @@
+"""The reader hub, pure-Python twin of ``src/io/hub.rs``.
+
+Many readers, few connections.  Each reader *subscribes* to a stream key
+from a cursor and then only consumes its own bounded queue; all I/O is the
+hub's, on two threads:
+
+* the **fetcher** (query connection) catches a subscription up with
+  ``XRANGE (last +`` (O(log n) for ``0-<seq>`` IDs), only as far as the
+  subscription's queue has room, then hands it to the blocker ("live");
+* the **blocker** (a dedicated connection, no read timeout) waits on every
+  watched key at once with one ``XREAD BLOCK`` and fans entries out to the
+  live subscriptions of each key.
+
+A slow reader whose queue is full stops being live: it is fed by the fetcher
+again as it drains (notify-then-fetch), so it never makes the hub buffer
+without bound nor delays anyone else.  A new key restarts the blocking read at
+once with ``CLIENT UNBLOCK`` where the ACL allows it, and within ``block_ms``
+(short) where it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..errors import SSERedisError
+
+# Subscription states a poll reports.
+OK, MISSING, DONE, GONE = "ok", "missing", "done", "gone"
+LINK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+XREAD_COUNT = 1000
+SHORT_BLOCK_MS = 250  # without CLIENT UNBLOCK a new key waits at most this long
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def to_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, int, str, bool]:
+    """``(id, seq_id, data, complete)`` of a raw stream entry."""
+    try:
+        seq = int(fields.get(b"seq_id", b"0"))
+    except ValueError:
+        seq = 0
+    data = fields.get(b"data", b"").decode("utf-8", "replace")
+    return entry_id.decode(), seq, data, fields.get(b"complete") == b"true"
+
+
+class _Sub:
+    __slots__ = (
+        "id", "key", "last", "queue", "live", "fetching", "fetched_once",
+        "status", "waker", "notified", "cond", "closed",
+    )
+
+    def __init__(self, sid: int, key: str, after_seq: int, waker: int | None, lock: threading.Lock):
+        self.id = sid
+        self.key = key
+        self.last = (0, after_seq)  # the newest entry ID this subscription has
+        self.queue: deque[tuple[str, int, str, bool]] = deque()
+        self.live = False  # fed by the blocker (else by the fetcher)
+        self.fetching = False  # queued for the fetcher
+        self.fetched_once = False
+        self.status = OK
+        self.waker = waker
+        self.notified = False
+        self.cond = threading.Condition(lock)
+        self.closed = False
+
+
+class _Waker:
+    """An event loop's wake-up: a socket the hub writes one byte to, and the
+    subscriptions that became ready since the loop last looked."""
+
+    __slots__ = ("fd", "ready")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.ready: list[int] = []
+
+
+class ReaderHub:
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int = 256,
+        batch_size: int = 100,
+        block_ms: int | None = None,
+        check_interval: float = 10.0,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 10.0,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be positive")
+        self._url = url
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._check_interval = check_interval
+        self._connect_timeout = connect_timeout
+        self._query = self._connect(socket_timeout)
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # wakes the two hub threads
+        self._subs: dict[int, _Sub] = {}
+        self._by_key: dict[str, list[_Sub]] = {}
+        self._watched: dict[str, tuple[int, int]] = {}  # key -> newest ID the blocker has seen
+        self._fetch_queue: deque[_Sub] = deque()
+        self._wakers: dict[int, _Waker] = {}
+        self._next_id = 1
+        self._version = 0  # bumped when a key joins the watch set
+        self._blocking_version = 0  # the watch set the blocker's XREAD covers
+        self._unblock_wanted = False
+        self._blocker_client_id: int | None = None
+        self._can_unblock: bool | None = None  # learned by probing
+        self._closed = False
+        self._stats = {"xreads": 0, "fetches": 0, "unblocks": 0, "checks": 0, "reconnects": 0}
+        self._threads = [
+            threading.Thread(target=self._blocker, name="sse-redis-hub", daemon=True),
+            threading.Thread(target=self._fetcher, name="sse-redis-fetch", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _connect(self, socket_timeout: float | None) -> redis.Redis:
+        return redis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=self._connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            single_connection_client=True,
+        )
+
+    # -- readers' side ---------------------------------------------------------
+
+    def subscribe(self, key: str, after_seq: int, waker: int | None = None) -> int:
+        """Follow ``key`` from just after seq ``after_seq``; never does I/O."""
+        with self._lock:
+            self._check_open()
+            sid = self._next_id
+            self._next_id += 1
+            sub = _Sub(sid, key, after_seq, waker, self._lock)
+            self._subs[sid] = sub
+            self._by_key.setdefault(key, []).append(sub)
+            self._queue_fetch(sub)
+            return sid
+
+    def unsubscribe(self, sid: int) -> None:
+        with self._lock:
+            sub = self._subs.pop(sid, None)
+            if sub is None:
+                return
+            sub.closed = True
+            subs = self._by_key.get(sub.key, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                self._by_key.pop(sub.key, None)
+                self._watched.pop(sub.key, None)
+            waker = self._wakers.get(sub.waker) if sub.waker is not None else None
+            if waker is not None and sid in waker.ready:
+                waker.ready.remove(sid)
+
+    def poll(self, sid: int) -> tuple[list[tuple[str, int, str, bool]], str]:
+        """Entries queued for the subscription (drained) and its state; never waits."""
+        with self._lock:
+            return self._drain(self._sub(sid))
+
+    def wait(self, sid: int, timeout: float | None) -> tuple[list[tuple[str, int, str, bool]], str]:
+        """``poll`` that waits up to ``timeout`` for an entry or a state change."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            sub = self._sub(sid)
+            while not sub.queue and not sub.notified and not sub.closed:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                sub.cond.wait(left)
+            return self._drain(sub)
+
+    def _sub(self, sid: int) -> _Sub:
+        self._check_open()
+        sub = self._subs.get(sid)
+        if sub is None:
+            raise SSERedisError(f"no subscription {sid} (unsubscribed?)")
+        return sub
+
+    def _drain(self, sub: _Sub) -> tuple[list[tuple[str, int, str, bool]], str]:
+        entries = list(sub.queue)
+        sub.queue.clear()
+        sub.notified = False
+        if not sub.live:
+            self._queue_fetch(sub)  # room again: the fetcher feeds it
+        return entries, sub.status
+
+    def add_waker(self, fd: int) -> int:
+        """Register the write end of an event loop's socket pair."""
+        with self._lock:
+            wid = self._next_id
+            self._next_id += 1
+            self._wakers[wid] = _Waker(fd)
+            return wid
+
+    def remove_waker(self, wid: int) -> None:
+        with self._lock:
+            self._wakers.pop(wid, None)
+
+    def take_ready(self, wid: int) -> list[int]:
+        """Subscriptions of this waker that have something to poll."""
+        with self._lock:
+            waker = self._wakers.get(wid)
+            if waker is None:
+                return []
+            ready, waker.ready = waker.ready, []
+            return ready
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(
+                self._stats,
+                subscriptions=len(self._subs),
+                watched=len(self._watched),
+                connections=2,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for sub in self._subs.values():
+                sub.closed = True
+                sub.cond.notify_all()
+            self._changed.notify_all()
+            blocker_id = self._blocker_client_id
+        if blocker_id is not None and self._can_unblock:
+            try:
+                self._query.client_unblock(blocker_id)
+            except Exception:
+                pass
+        self._query.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SSERedisError("the reader hub is closed")
+
+    # -- shared by the two threads (caller holds the lock) ------------------------
+
+    def _queue_fetch(self, sub: _Sub) -> None:
+        if not sub.fetching and not sub.closed and len(sub.queue) < self._queue_size:
+            sub.fetching = True
+            self._fetch_queue.append(sub)
+            self._changed.notify_all()
+
+    def _signal(self, sub: _Sub) -> None:
+        """Tell the subscription's reader there is something to poll."""
+        sub.cond.notify_all()
+        if sub.notified:
+            return
+        sub.notified = True
+        waker = self._wakers.get(sub.waker) if sub.waker is not None else None
+        if waker is not None:
+            waker.ready.append(sub.id)
+            if len(waker.ready) == 1:
+                try:
+                    os.write(waker.fd, b"\0")
+                except (BlockingIOError, OSError):
+                    pass  # the socket is full or gone: the loop is awake already
+
+    def _push(self, sub: _Sub, entries: list[tuple[str, int, str, bool]]) -> bool:
+        """Queue what is newer than the subscription has; ``False`` when it does not fit."""
+        fresh = [e for e in entries if parse_id(e[0]) > sub.last]
+        if not fresh:
+            return True
+        if len(sub.queue) + len(fresh) > self._queue_size:
+            return False
+        sub.queue.extend(fresh)
+        sub.last = parse_id(fresh[-1][0])
+        if sub.status == MISSING:
+            sub.status = OK
+        self._signal(sub)
+        return True
+
+    # -- the fetcher thread ------------------------------------------------------
+
+    def _fetcher(self) -> None:
+        while True:
+            with self._lock:
+                while not self._fetch_queue and not self._unblock_wanted and not self._closed:
+                    self._changed.wait()
+                if self._closed:
+                    return
+                unblock = self._unblock_wanted
+                sub = self._fetch_queue.popleft() if self._fetch_queue else None
+            try:
+                if unblock:
+                    self._unblock()
+                if sub is not None:
+                    self._catch_up(sub)
+            except LINK_ERRORS:
+                self._count("reconnects")
+                if sub is not None:
+                    with self._lock:
+                        sub.fetching = False
+                        self._queue_fetch(sub)
+                time.sleep(0.05)
+            except redis.ResponseError as exc:
+                if sub is not None:
+                    with self._lock:
+                        sub.fetching = False
+                        sub.status = GONE  # not a stream any more (WRONGTYPE): nothing to follow
+                        self._signal(sub)
+                del exc
+
+    def _catch_up(self, sub: _Sub) -> None:
+        with self._lock:
+            room = self._queue_size - len(sub.queue)
+            start = "({}-{}".format(*sub.last)
+            first = not sub.fetched_once
+        count = min(self._batch_size, room)
+        raw = self._query.xrange(sub.key, min=start, count=count) if count > 0 else []
+        self._count("fetches")
+        top = None
+        if first and not raw:
+            newest = self._query.xrevrange(sub.key, "+", "-", count=1)
+            top = to_entry(*newest[0]) if newest else None
+        with self._lock:
+            sub.fetching = False
+            if sub.closed:
+                return
+            sub.fetched_once = True
+            if first and not raw:
+                if top is None:
+                    sub.status = MISSING
+                    self._signal(sub)
+                elif top[3] and top[1] <= sub.last[1] and parse_id(top[0]) <= sub.last:
+                    sub.status = DONE  # complete, and the cursor is at or past its end
+                    self._signal(sub)
+                    return
+            if not self._push(sub, [to_entry(i, f) for i, f in raw]):
+                return  # cannot happen (fetched no more than the room), but never overfill
+            if len(raw) == count:
+                self._queue_fetch(sub)  # more to read, when there is room
+                return
+            watched = self._watched.get(sub.key)
+            if watched is not None and watched > sub.last:
+                self._queue_fetch(sub)  # the blocker saw newer entries meanwhile
+                return
+            sub.live = True
+            if watched is None:
+                self._watched[sub.key] = sub.last
+                self._version += 1
+                self._unblock_wanted = True
+                self._changed.notify_all()
+
+    def _unblock(self) -> None:
+        """Restart the blocker's XREAD so it covers the new keys."""
+        deadline = time.monotonic() + 0.05
+        while True:
+            with self._lock:
+                if self._blocking_version >= self._version or self._closed:
+                    self._unblock_wanted = False
+                    return
+                client_id, can = self._blocker_client_id, self._can_unblock
+            if not can or client_id is None:
+                with self._lock:
+                    self._unblock_wanted = False
+                return  # the blocker's short block picks the key up
+            woke = self._query.client_unblock(client_id)
+            self._count("unblocks")
+            if woke or time.monotonic() > deadline:
+                with self._lock:
+                    self._unblock_wanted = False
+                return
+            time.sleep(0.0005)  # the blocker is between reads; it will see the key
+
+    # -- the blocker thread ------------------------------------------------------
+
+    def _blocker(self) -> None:
+        client: redis.Redis | None = None
+        next_check = time.monotonic() + self._check_interval
+        delay = 0.01
+        while True:
+            with self._lock:
+                while not self._watched and not self._closed:
+                    self._changed.wait()
+                if self._closed:
+                    break
+                streams = {key: "{}-{}".format(*last) for key, last in self._watched.items()}
+                self._blocking_version = self._version
+            try:
+                if client is None:
+                    client = self._connect(None)
+                    self._learn_unblock(client)
+                reply = client.xread(streams, count=XREAD_COUNT, block=self._block_time())
+                self._count("xreads")
+                if reply:
+                    self._deliver(reply)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self._check_interval
+                    self._check_exists(client)
+                delay = 0.01
+            except LINK_ERRORS:
+                if client is not None:
+                    client.close()
+                client = None
+                self._count("reconnects")
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except redis.ResponseError:
+                time.sleep(0.1)  # e.g. a watched key is not a stream; the fetcher reports it
+        if client is not None:
+            client.close()
+
+    def _block_time(self) -> int:
+        if self._block_ms is not None:
+            return self._block_ms
+        if self._can_unblock:
+            return max(1, int(self._check_interval * 1000))
+        return SHORT_BLOCK_MS
+
+    def _learn_unblock(self, client: redis.Redis) -> None:
+        """Learn the blocker's client id and whether this user may CLIENT UNBLOCK."""
+        client_id = client.client_id()
+        try:
+            self._query.client_unblock(0)  # no such client: a no-op when permitted
+            can = True
+        except redis.ResponseError:
+            can = False  # NOPERM: a least-privilege user; fall back to short blocks
+        with self._lock:
+            self._blocker_client_id, self._can_unblock = client_id, can
+
+    def _deliver(self, reply: list) -> None:
+        with self._lock:
+            for raw_key, raw_entries in reply:
+                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+                if key not in self._watched or not raw_entries:
+                    continue
+                entries = [to_entry(i, f) for i, f in raw_entries]
+                self._watched[key] = parse_id(entries[-1][0])
+                for sub in self._by_key.get(key, ()):
+                    if sub.live and not self._push(sub, entries):
+                        sub.live = False  # a slow reader: the fetcher feeds it as it drains
+                        self._queue_fetch(sub)
+
+    def _check_exists(self, client: redis.Redis) -> None:
+        """Notice streams that expired while followed (expiry does not wake XREAD)."""
+        with self._lock:
+            keys = [k for k, last in self._watched.items() if last != (0, 0)]
+        if not keys:
+            return
+        self._count("checks")
+        if client.exists(*keys) == len(keys):
+            return
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        gone = [k for k, n in zip(keys, pipe.execute()) if not n]
+        with self._lock:
+            for key in gone:
+                for sub in self._by_key.get(key, ()):
+                    if sub.status != MISSING:
+                        sub.status = GONE
+                        self._signal(sub)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._stats[name] += 1

@@ -1,0 +1,314 @@
+"""``StreamReader`` and ``AsyncStreamReader``: follow a run's stream from a
+cursor, every chunk exactly once, in order, until its terminal entry.
+
+All I/O belongs to the hub (``_core.ReaderHub`` or ``_pure.ReaderHub``): one
+per reader object, shared by every ``read`` of it.  A read only subscribes
+and consumes its own queue; ``_Follow`` below turns queued entries into SSE
+chunks and decides when the read is over, for the sync and async faces alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import weakref
+from typing import Any, AsyncIterator, Iterator
+
+from . import _backend, keys as _keys
+from .connection import redact, resolve_url
+from .errors import StreamNotFound, StreamStalled, StreamTrimmed
+
+PING = ": ping\n\n"
+
+
+def cursor_of(starting_after: int | None, last_event_id: str | None) -> int:
+    """The seq id to resume after: ``starting_after``, else the browser's
+    ``Last-Event-ID`` header value, else 0 (from the start)."""
+    if starting_after is not None and last_event_id is not None:
+        raise ValueError("give starting_after or last_event_id, not both")
+    if last_event_id is not None:
+        text = str(last_event_id).strip()
+        if not text:
+            return 0
+        if not text.isdigit() or len(text) > 19:
+            raise ValueError(f"Last-Event-ID must be a seq id (digits), not {last_event_id!r}")
+        return int(text)
+    if starting_after is None:
+        return 0
+    if isinstance(starting_after, bool) or not isinstance(starting_after, int) or starting_after < 0:
+        raise ValueError(f"starting_after must be a non-negative int, not {starting_after!r}")
+    return starting_after
+
+
+class _Follow:
+    """One read's progress: the cursor, the clocks, and what entries mean."""
+
+    def __init__(self, reader: "StreamReader", run_id: str, cursor: int) -> None:
+        self.codec = reader._module
+        self.run_id = run_id
+        self.cursor = cursor
+        self.idle_timeout = reader.idle_timeout
+        self.ping_interval = reader.ping_interval
+        now = time.monotonic()
+        self.missing_deadline = now + reader.missing_timeout
+        self.last_entry = now
+        self.last_sent = now
+        self.finished = False
+
+    def chunks(self, entries: list[tuple[str, int, str, bool]], state: str) -> list[str]:
+        """SSE chunks for newly queued entries; raises when the read must end badly."""
+        out = []
+        now = time.monotonic()
+        for _entry_id, seq, data, complete in entries:
+            self.last_entry = now
+            if seq <= self.cursor:
+                if complete:  # the run ended at or before the cursor
+                    self.finished = True
+                    break
+                continue
+            if seq > self.cursor + 1:
+                raise StreamTrimmed(
+                    f"run {self.run_id!r}: chunks {self.cursor + 1}..{seq - 1} were trimmed "
+                    "from the stream (MAXLEN) before they were read"
+                )
+            self.cursor = seq
+            if data:
+                patched = self.codec.patch_nulls(data, self.run_id, seq)
+                out.append(self.codec.set_event_id(patched, str(seq)))
+            if complete:
+                self.finished = True
+                break
+        if out:
+            self.last_sent = now
+        if self.finished:
+            return out
+        if state == "done":
+            self.finished = True
+        elif state == "gone":
+            raise StreamNotFound(f"run {self.run_id!r}: its stream expired or was deleted while being read")
+        elif state == "missing" and now >= self.missing_deadline:
+            raise StreamNotFound(f"run {self.run_id!r}: no stream appeared within the missing timeout")
+        elif state != "missing" and now - self.last_entry >= self.idle_timeout:
+            raise StreamStalled(
+                f"run {self.run_id!r}: no new chunk for {self.idle_timeout}s (is its writer gone?)"
+            )
+        elif not out and self.ping_interval is not None and now - self.last_sent >= self.ping_interval:
+            self.last_sent = now
+            out.append(PING)
+        return out
+
+    def timeout(self, state: str) -> float:
+        """How long to wait for the next entry before looking at the clocks again."""
+        now = time.monotonic()
+        if state == "missing":
+            left = self.missing_deadline - now
+        else:
+            left = self.last_entry + self.idle_timeout - now
+        if self.ping_interval is not None:
+            left = min(left, self.last_sent + self.ping_interval - now)
+        return max(left, 0.0)
+
+
+class StreamReader:
+    """Reads runs' SSE chunks from Redis, pushed (``XREAD BLOCK``), never polled.
+
+    Make one per process and share it: all its reads share one hub, i.e. two
+    Redis connections, however many readers.  ``keys`` must match the writer's.
+    """
+
+    def __init__(
+        self,
+        redis: Any = "redis://127.0.0.1:6379/0",
+        *,
+        keys: _keys.Layout | str | None = None,
+        batch_size: int = 100,
+        idle_timeout: float = 600.0,
+        missing_timeout: float = 30.0,
+        ping_interval: float | None = None,
+        queue_size: int = 256,
+        check_interval: float = 10.0,
+        backend: str | None = None,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("queue_size", queue_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+        for name, value in (("idle_timeout", idle_timeout), ("missing_timeout", missing_timeout),
+                            ("check_interval", check_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        if ping_interval is not None and (not isinstance(ping_interval, (int, float)) or ping_interval <= 0):
+            raise ValueError(f"ping_interval must be a positive number or None, not {ping_interval!r}")
+        self._url = resolve_url(redis)
+        self._key = _keys.resolve(keys)
+        self._module = _backend.module(backend)
+        self.backend = backend or _backend.BACKEND
+        self.idle_timeout = float(idle_timeout)
+        self.missing_timeout = float(missing_timeout)
+        self.ping_interval = ping_interval
+        self._hub_options = dict(
+            queue_size=max(queue_size, batch_size),
+            batch_size=batch_size,
+            check_interval=float(check_interval),
+        )
+        self._hub: Any = None
+        self._hub_pid = -1
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({redact(self._url)!r}, backend={self.backend!r})"
+
+    @property
+    def hub(self) -> Any:
+        """This process's hub; a forked child builds its own on first use."""
+        if self._hub_pid != os.getpid():
+            if self._closed:
+                raise RuntimeError(f"this {type(self).__name__} is closed")
+            self._hub = self._module.ReaderHub(self._url, **self._hub_options)
+            self._hub_pid = os.getpid()
+        return self._hub
+
+    def read(
+        self, run_id: str, starting_after: int | None = None, *, last_event_id: str | None = None
+    ) -> Iterator[str]:
+        """The run's chunks after the cursor (``id:`` set, nulls patched), then
+        stop after its terminal chunk.  Raises ``StreamNotFound``,
+        ``StreamStalled`` or ``StreamTrimmed`` instead of waiting forever."""
+        key = self._key(run_id)
+        cursor = cursor_of(starting_after, last_event_id)
+        return self._read(key, _Follow(self, run_id, cursor))
+
+    def _read(self, key: str, follow: _Follow) -> Iterator[str]:
+        hub = self.hub
+        sid = hub.subscribe(key, follow.cursor, None)
+        try:
+            state = "ok"
+            while not follow.finished:
+                entries, state = hub.wait(sid, follow.timeout(state))
+                yield from follow.chunks(entries, state)
+        finally:
+            hub.unsubscribe(sid)
+
+    def close(self) -> None:
+        """Stop the hub; reads still running end with an error."""
+        self._closed = True
+        hub, self._hub = self._hub, None
+        if hub is not None and self._hub_pid == os.getpid():
+            hub.close()
+
+    def __enter__(self) -> "StreamReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _LoopWaker:
+    """Wakes one event loop from the hub's threads: the hub writes a byte to a
+    socket pair the loop watches, so no GIL switch interval is waited on."""
+
+    def __init__(self, hub: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = hub
+        self.loop = loop
+        self._recv, self._send = socket.socketpair()
+        self._recv.setblocking(False)
+        self._send.setblocking(False)
+        self.id = hub.add_waker(self._send.fileno())
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        loop.add_reader(self._recv.fileno(), self._on_ready)
+
+    def _on_ready(self) -> None:
+        try:
+            while self._recv.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        for sid in self.hub.take_ready(self.id):
+            future = self.waiting.pop(sid, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def arm(self, sid: int) -> "asyncio.Future[None]":
+        future = self.loop.create_future()
+        self.waiting[sid] = future
+        return future
+
+    def close(self) -> None:
+        self.loop.remove_reader(self._recv.fileno())
+        self.hub.remove_waker(self.id)
+        self._recv.close()
+        self._send.close()
+
+
+class AsyncStreamReader:
+    """``StreamReader`` for asyncio: ``async for chunk in reader.read(run)``.
+
+    Waiting costs no thread: each event loop gets one socket pair that the
+    hub writes to when a subscription of that loop has entries.  Leaving the
+    ``async for`` (a client disconnect) unsubscribes at once.
+    """
+
+    def __init__(self, redis: Any = "redis://127.0.0.1:6379/0", **options: Any) -> None:
+        self.sync = StreamReader(redis, **options)
+        self._wakers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker]" = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+    @property
+    def backend(self) -> str:
+        return self.sync.backend
+
+    def _waker(self) -> _LoopWaker:
+        loop = asyncio.get_running_loop()
+        waker = self._wakers.get(loop)
+        if waker is None or waker.hub is not self.sync.hub:
+            waker = self._wakers[loop] = _LoopWaker(self.sync.hub, loop)
+        return waker
+
+    def read(
+        self, run_id: str, starting_after: int | None = None, *, last_event_id: str | None = None
+    ) -> AsyncIterator[str]:
+        key = self.sync._key(run_id)
+        cursor = cursor_of(starting_after, last_event_id)
+        return self._read(key, _Follow(self.sync, run_id, cursor))
+
+    async def _read(self, key: str, follow: _Follow) -> AsyncIterator[str]:
+        waker = self._waker()
+        hub = waker.hub
+        sid = hub.subscribe(key, follow.cursor, waker.id)
+        try:
+            state = "ok"
+            while not follow.finished:
+                ready = waker.arm(sid)
+                entries, state = hub.poll(sid)
+                if not entries and state in ("ok", "missing"):
+                    await _wait(ready, follow.timeout(state))
+                    entries, state = hub.poll(sid)
+                for chunk in follow.chunks(entries, state):
+                    yield chunk
+        finally:
+            waker.waiting.pop(sid, None)
+            hub.unsubscribe(sid)
+
+    def close(self) -> None:
+        for waker in list(self._wakers.values()):
+            if not waker.loop.is_closed():
+                waker.close()
+        self._wakers.clear()
+        self.sync.close()
+
+
+async def _wait(future: "asyncio.Future[None]", timeout: float) -> None:
+    """Wait for ``future`` at most ``timeout`` seconds, without a task per wait."""
+    if future.done():
+        return
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(timeout, lambda: future.done() or future.set_result(None))
+    try:
+        await future
+    finally:
+        timer.cancel()
