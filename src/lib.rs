@@ -18,5 +18,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(codec::sniff_stop_reason, m)?)?;
     m.add_function(wrap_pyfunction!(codec::set_event_id, m)?)?;
     m.add_class::<py::writer::WriterEngine>()?;
+    m.add_class::<py::hub::ReaderHub>()?;
     Ok(())
 }

@@ -328,7 +328,7 @@ impl JsonParser<'_> {
                 }
                 self.i += 1;
             }
-            if decode {
+            if decode && self.i > start {
                 flush_units(&mut units, &mut text, &mut lone_surrogate);
                 text.push_str(std::str::from_utf8(&self.b[start..self.i]).ok()?);
             }

@@ -3,4 +3,5 @@
 
 pub mod conn;
 pub mod entries;
+pub mod hub;
 pub mod writer;

@@ -28,6 +28,12 @@ impl Event {
         Ok(Event { event, data, id, retry: opt_u64_arg(retry, "retry")? })
     }
 
+    /// Pickles like the pure twin's `Event`.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (String, String, String, Option<u64>))> {
+        let e = slf.get();
+        Ok((slf.get_type().into_any(), (e.data.clone(), e.event.clone(), e.id.clone(), e.retry)))
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let r = |s: &str| -> PyResult<String> { Ok(PyString::new(py, s).repr()?.to_str()?.to_owned()) };
         let retry = self.retry.map_or_else(|| "None".to_owned(), |r| r.to_string());

@@ -3,4 +3,5 @@
 pub mod args;
 pub mod codec;
 pub mod errors;
+pub mod hub;
 pub mod writer;

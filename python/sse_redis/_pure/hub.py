@@ -453,7 +453,7 @@ class ReaderHub:
     def _check_exists(self, client: redis.Redis) -> None:
         """Notice streams that expired while followed (expiry does not wake XREAD)."""
         with self._lock:
-            keys = [k for k, last in self._watched.items() if last != (0, 0)]
+            keys = [k for k in self._watched if any(s.status == OK for s in self._by_key.get(k, ()))]
         if not keys:
             return
         self._count("checks")
@@ -466,7 +466,7 @@ class ReaderHub:
         with self._lock:
             for key in gone:
                 for sub in self._by_key.get(key, ()):
-                    if sub.status != MISSING:
+                    if sub.status == OK:
                         sub.status = GONE
                         self._signal(sub)
 

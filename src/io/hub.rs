@@ -1,0 +1,651 @@
+//! The reader hub (twin of `python/sse_redis/_pure/hub.py`; its docstring
+//! tells the design). Readers subscribe to a key from a cursor and consume
+//! their own bounded queue; the hub's two threads do all the I/O: the
+//! fetcher catches subscriptions up with `XRANGE (last +` on the query
+//! connection, and the blocker waits on every watched key with one
+//! `XREAD BLOCK` on a dedicated connection with no read timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, RedisError, Value};
+
+use super::conn;
+use super::entries::{parse_range, parse_xread, Entry};
+
+const XREAD_COUNT: usize = 1000;
+/// Without CLIENT UNBLOCK a new key waits at most this long.
+const SHORT_BLOCK_MS: u64 = 250;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Status {
+    Ok,
+    Missing,
+    Done,
+    Gone,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Missing => "missing",
+            Status::Done => "done",
+            Status::Gone => "gone",
+        }
+    }
+}
+
+/// One entry as readers get it, shared by every subscription it fans out to.
+#[derive(Debug)]
+pub struct HubEntry {
+    pub id: String,
+    pub order: (u64, u64),
+    pub seq: u64,
+    pub data: String,
+    pub complete: bool,
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+fn hub_entry(e: &Entry) -> Arc<HubEntry> {
+    Arc::new(HubEntry {
+        order: parse_id(&e.id),
+        id: e.id.clone(),
+        seq: e.seq(),
+        data: e.field("data").unwrap_or("").to_owned(),
+        complete: e.is_complete(),
+    })
+}
+
+struct Sub {
+    key: String,
+    last: (u64, u64),
+    queue: VecDeque<Arc<HubEntry>>,
+    live: bool,
+    fetching: bool,
+    fetched_once: bool,
+    status: Status,
+    waker: Option<u64>,
+    notified: bool,
+    closed: bool,
+    cond: Arc<Condvar>,
+}
+
+struct Waker {
+    fd: i32,
+    ready: Vec<u64>,
+}
+
+#[derive(Default, Clone)]
+pub struct Stats {
+    pub xreads: u64,
+    pub fetches: u64,
+    pub unblocks: u64,
+    pub checks: u64,
+    pub reconnects: u64,
+    pub subscriptions: u64,
+    pub watched: u64,
+}
+
+#[derive(Default)]
+struct State {
+    subs: HashMap<u64, Sub>,
+    by_key: HashMap<String, Vec<u64>>,
+    watched: HashMap<String, (u64, u64)>,
+    fetch_queue: VecDeque<u64>,
+    wakers: HashMap<u64, Waker>,
+    next_id: u64,
+    version: u64,
+    blocking_version: u64,
+    unblock_wanted: bool,
+    blocker_client_id: Option<i64>,
+    can_unblock: Option<bool>,
+    closed: bool,
+    stats: Stats,
+}
+
+pub struct Options {
+    pub queue_size: usize,
+    pub batch_size: usize,
+    pub block_ms: Option<u64>,
+    pub check_interval: Duration,
+    pub connect_timeout: Duration,
+    pub socket_timeout: Duration,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    changed: Condvar,
+    opts: Options,
+    client: Client,
+}
+
+pub enum HubError {
+    Closed,
+    NoSubscription(u64),
+    Redis(String),
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue_fetch(&self, state: &mut State, sid: u64) {
+        let cap = self.opts.queue_size;
+        if let Some(sub) = state.subs.get_mut(&sid) {
+            if !sub.fetching && !sub.closed && sub.queue.len() < cap {
+                sub.fetching = true;
+                state.fetch_queue.push_back(sid);
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    /// Queues what is newer than the subscription has; `false` when it does not fit.
+    fn push(&self, state: &mut State, sid: u64, entries: &[Arc<HubEntry>]) -> bool {
+        let Some(sub) = state.subs.get_mut(&sid) else { return true };
+        let fresh: Vec<&Arc<HubEntry>> = entries.iter().filter(|e| e.order > sub.last).collect();
+        let Some(newest) = fresh.last() else { return true };
+        if sub.queue.len() + fresh.len() > self.opts.queue_size {
+            return false;
+        }
+        sub.last = newest.order;
+        sub.queue.extend(fresh.into_iter().cloned());
+        if sub.status == Status::Missing {
+            sub.status = Status::Ok;
+        }
+        signal(state, sid);
+        true
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut self.lock().stats);
+    }
+}
+
+/// Tells the subscription's reader there is something to poll.
+fn signal(state: &mut State, sid: u64) {
+    let Some(sub) = state.subs.get_mut(&sid) else { return };
+    sub.cond.notify_all();
+    if sub.notified {
+        return;
+    }
+    sub.notified = true;
+    let Some(waker) = sub.waker.and_then(|w| state.wakers.get_mut(&w)) else { return };
+    waker.ready.push(sid);
+    if waker.ready.len() == 1 {
+        // SAFETY: the fd belongs to the event loop's socket pair, kept open
+        // while the waker is registered; ManuallyDrop never closes it.
+        let mut sock = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(waker.fd) });
+        let _ = sock.write(&[0]); // full or gone: the loop is awake already
+    }
+}
+
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+pub type Polled = (Vec<Arc<HubEntry>>, Status);
+
+impl Hub {
+    pub fn new(url: &str, opts: Options) -> Result<Hub, HubError> {
+        if opts.queue_size == 0 || opts.batch_size == 0 {
+            return Err(HubError::Redis("queue_size and batch_size must be positive".into()));
+        }
+        let client = conn::client(url).map_err(HubError::Redis)?;
+        let inner = Arc::new(Inner { state: Mutex::new(State::default()), changed: Condvar::new(), opts, client });
+        inner.lock().next_id = 1;
+        let (blocker, fetcher) = (inner.clone(), inner.clone());
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| HubError::Redis(format!("cannot start a hub thread: {e}")))
+        };
+        spawn("sse-redis-hub", Box::new(move || run_blocker(&blocker)))?;
+        spawn("sse-redis-fetch", Box::new(move || run_fetcher(&fetcher)))?;
+        Ok(Hub { inner })
+    }
+
+    /// Follows `key` from just after seq `after_seq`; never does I/O.
+    pub fn subscribe(&self, key: &str, after_seq: u64, waker: Option<u64>) -> Result<u64, HubError> {
+        let mut state = self.inner.lock();
+        if state.closed {
+            return Err(HubError::Closed);
+        }
+        let sid = state.next_id;
+        state.next_id += 1;
+        state.subs.insert(
+            sid,
+            Sub {
+                key: key.to_owned(),
+                last: (0, after_seq),
+                queue: VecDeque::new(),
+                live: false,
+                fetching: false,
+                fetched_once: false,
+                status: Status::Ok,
+                waker,
+                notified: false,
+                closed: false,
+                cond: Arc::new(Condvar::new()),
+            },
+        );
+        state.by_key.entry(key.to_owned()).or_default().push(sid);
+        self.inner.queue_fetch(&mut state, sid);
+        Ok(sid)
+    }
+
+    pub fn unsubscribe(&self, sid: u64) {
+        let mut state = self.inner.lock();
+        let Some(sub) = state.subs.remove(&sid) else { return };
+        if let Some(ids) = state.by_key.get_mut(&sub.key) {
+            ids.retain(|&i| i != sid);
+            if ids.is_empty() {
+                state.by_key.remove(&sub.key);
+                state.watched.remove(&sub.key);
+            }
+        }
+        if let Some(waker) = sub.waker.and_then(|w| state.wakers.get_mut(&w)) {
+            waker.ready.retain(|&i| i != sid);
+        }
+    }
+
+    fn drain(&self, state: &mut State, sid: u64) -> Polled {
+        let sub = state.subs.get_mut(&sid).expect("drain: checked by caller");
+        let entries: Vec<_> = sub.queue.drain(..).collect();
+        sub.notified = false;
+        let (live, status) = (sub.live, sub.status);
+        if !live {
+            self.inner.queue_fetch(state, sid); // room again: the fetcher feeds it
+        }
+        (entries, status)
+    }
+
+    fn check(&self, state: &State, sid: u64) -> Result<(), HubError> {
+        if state.closed {
+            return Err(HubError::Closed);
+        }
+        if !state.subs.contains_key(&sid) {
+            return Err(HubError::NoSubscription(sid));
+        }
+        Ok(())
+    }
+
+    pub fn poll(&self, sid: u64) -> Result<Polled, HubError> {
+        let mut state = self.inner.lock();
+        self.check(&state, sid)?;
+        Ok(self.drain(&mut state, sid))
+    }
+
+    /// `poll` that waits up to `timeout` for an entry or a state change.
+    pub fn wait(&self, sid: u64, timeout: Option<Duration>) -> Result<Polled, HubError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.inner.lock();
+        loop {
+            self.check(&state, sid)?;
+            let sub = &state.subs[&sid];
+            if !sub.queue.is_empty() || sub.notified {
+                break;
+            }
+            let cond = sub.cond.clone();
+            state = match deadline {
+                None => cond.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    cond.wait_timeout(state, left).map_or_else(|p| p.into_inner().0, |r| r.0)
+                }
+            };
+        }
+        Ok(self.drain(&mut state, sid))
+    }
+
+    pub fn add_waker(&self, fd: i32) -> u64 {
+        let mut state = self.inner.lock();
+        let wid = state.next_id;
+        state.next_id += 1;
+        state.wakers.insert(wid, Waker { fd, ready: Vec::new() });
+        wid
+    }
+
+    pub fn remove_waker(&self, wid: u64) {
+        self.inner.lock().wakers.remove(&wid);
+    }
+
+    pub fn take_ready(&self, wid: u64) -> Vec<u64> {
+        self.inner.lock().wakers.get_mut(&wid).map(|w| std::mem::take(&mut w.ready)).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = self.inner.lock();
+        Stats { subscriptions: state.subs.len() as u64, watched: state.watched.len() as u64, ..state.stats.clone() }
+    }
+
+    pub fn close(&self) {
+        let mut state = self.inner.lock();
+        if state.closed {
+            return;
+        }
+        state.closed = true;
+        for sub in state.subs.values_mut() {
+            sub.closed = true;
+            sub.cond.notify_all();
+        }
+        self.inner.changed.notify_all();
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn is_link(err: &RedisError) -> bool {
+    conn::is_link_error(err)
+}
+
+// -- the fetcher thread ---------------------------------------------------------
+
+fn run_fetcher(inner: &Inner) {
+    let opts = &inner.opts;
+    let mut con: Option<Connection> = None;
+    loop {
+        let (unblock, sid) = {
+            let mut state = inner.lock();
+            while state.fetch_queue.is_empty() && !state.unblock_wanted && !state.closed {
+                state = inner.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.closed {
+                break;
+            }
+            (state.unblock_wanted, state.fetch_queue.pop_front())
+        };
+        let result = (|| -> Result<(), RedisError> {
+            if con.is_none() {
+                con = Some(conn::connect(&inner.client, opts.connect_timeout, Some(opts.socket_timeout))?);
+            }
+            let c = con.as_mut().expect("connected above");
+            if unblock {
+                unblock_blocker(inner, c)?;
+            }
+            if let Some(sid) = sid {
+                catch_up(inner, c, sid)?;
+            }
+            Ok(())
+        })();
+        if let Err(err) = result {
+            let mut state = inner.lock();
+            if let Some(sid) = sid.filter(|s| state.subs.contains_key(s)) {
+                state.subs.get_mut(&sid).expect("present").fetching = false;
+                if is_link(&err) {
+                    inner.queue_fetch(&mut state, sid);
+                } else {
+                    // not a stream any more (WRONGTYPE): nothing to follow
+                    state.subs.get_mut(&sid).expect("present").status = Status::Gone;
+                    signal(&mut state, sid);
+                }
+            }
+            if is_link(&err) {
+                con = None;
+                state.stats.reconnects += 1;
+                drop(state);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    // Let a blocked XREAD go now rather than at its timeout.
+    if let (Some(c), Some(id)) = (con.as_mut(), inner.lock().blocker_client_id) {
+        let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query::<i64>(c);
+    }
+}
+
+fn catch_up(inner: &Inner, con: &mut Connection, sid: u64) -> Result<(), RedisError> {
+    let (key, start, first, room) = {
+        let state = inner.lock();
+        let Some(sub) = state.subs.get(&sid) else { return Ok(()) };
+        let start = format!("({}-{}", sub.last.0, sub.last.1);
+        (sub.key.clone(), start, !sub.fetched_once, inner.opts.queue_size.saturating_sub(sub.queue.len()))
+    };
+    let count = inner.opts.batch_size.min(room);
+    let raw: Vec<Arc<HubEntry>> = if count > 0 {
+        let reply: Value = redis::cmd("XRANGE").arg(&key).arg(&start).arg("+").arg("COUNT").arg(count).query(con)?;
+        parse_range(&reply).iter().map(hub_entry).collect()
+    } else {
+        Vec::new()
+    };
+    inner.count(|s| s.fetches += 1);
+    let top = if first && raw.is_empty() {
+        let reply: Value = redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(1).query(con)?;
+        Some(parse_range(&reply).first().map(hub_entry))
+    } else {
+        None
+    };
+    let mut state = inner.lock();
+    let Some(sub) = state.subs.get_mut(&sid) else { return Ok(()) };
+    sub.fetching = false;
+    if sub.closed {
+        return Ok(());
+    }
+    sub.fetched_once = true;
+    match top {
+        Some(None) => {
+            sub.status = Status::Missing;
+            signal(&mut state, sid);
+        }
+        Some(Some(top)) if top.complete && top.order <= sub.last => {
+            sub.status = Status::Done; // complete, and the cursor is at or past its end
+            signal(&mut state, sid);
+            return Ok(());
+        }
+        _ => {}
+    }
+    if !inner.push(&mut state, sid, &raw) {
+        return Ok(()); // fetched no more than the room: never happens, never overfills
+    }
+    if raw.len() == count {
+        inner.queue_fetch(&mut state, sid); // more to read, when there is room
+        return Ok(());
+    }
+    let sub_last = state.subs[&sid].last;
+    match state.watched.get(&key) {
+        Some(&watched) if watched > sub_last => inner.queue_fetch(&mut state, sid), // blocker is ahead
+        Some(_) => state.subs.get_mut(&sid).expect("present").live = true,
+        None => {
+            state.subs.get_mut(&sid).expect("present").live = true;
+            state.watched.insert(key, sub_last);
+            state.version += 1;
+            state.unblock_wanted = true;
+            inner.changed.notify_all();
+        }
+    }
+    Ok(())
+}
+
+/// Restarts the blocker's XREAD so that it covers the new keys.
+fn unblock_blocker(inner: &Inner, con: &mut Connection) -> Result<(), RedisError> {
+    let deadline = Instant::now() + Duration::from_millis(50);
+    loop {
+        let (client_id, can) = {
+            let mut state = inner.lock();
+            if state.blocking_version >= state.version || state.closed {
+                state.unblock_wanted = false;
+                return Ok(());
+            }
+            match (state.blocker_client_id, state.can_unblock) {
+                (Some(id), Some(true)) => (id, true),
+                _ => {
+                    state.unblock_wanted = false; // the blocker's short block picks the key up
+                    return Ok(());
+                }
+            }
+        };
+        debug_assert!(can);
+        let woke: i64 = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query(con)?;
+        inner.count(|s| s.unblocks += 1);
+        if woke == 1 || Instant::now() > deadline {
+            inner.lock().unblock_wanted = false;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(500)); // the blocker is between reads
+    }
+}
+
+// -- the blocker thread ---------------------------------------------------------
+
+fn run_blocker(inner: &Inner) {
+    let opts = &inner.opts;
+    let mut con: Option<Connection> = None;
+    let mut next_check = Instant::now() + opts.check_interval;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let streams: Vec<(String, String)> = {
+            let mut state = inner.lock();
+            while state.watched.is_empty() && !state.closed {
+                state = inner.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.closed {
+                return;
+            }
+            state.blocking_version = state.version;
+            state.watched.iter().map(|(k, l)| (k.clone(), format!("{}-{}", l.0, l.1))).collect()
+        };
+        let result = (|| -> Result<(), RedisError> {
+            if con.is_none() {
+                let mut c = conn::connect(&inner.client, opts.connect_timeout, None)?;
+                learn_unblock(inner, &mut c)?;
+                con = Some(c);
+            }
+            let c = con.as_mut().expect("connected above");
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT").arg(XREAD_COUNT).arg("BLOCK").arg(block_time(inner)).arg("STREAMS");
+            for (key, _) in &streams {
+                cmd.arg(key);
+            }
+            for (_, id) in &streams {
+                cmd.arg(id);
+            }
+            let reply: Value = cmd.query(c)?;
+            inner.count(|s| s.xreads += 1);
+            deliver(inner, &reply);
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + opts.check_interval;
+                check_exists(inner, c)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => delay = Duration::from_millis(10),
+            Err(err) if is_link(&err) => {
+                con = None;
+                inner.count(|s| s.reconnects += 1);
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)), // a watched key is no stream
+        }
+    }
+}
+
+fn block_time(inner: &Inner) -> u64 {
+    if let Some(ms) = inner.opts.block_ms {
+        return ms;
+    }
+    match inner.lock().can_unblock {
+        Some(true) => (inner.opts.check_interval.as_millis() as u64).max(1),
+        _ => SHORT_BLOCK_MS,
+    }
+}
+
+/// Learns the blocker's client id and whether this user may CLIENT UNBLOCK.
+fn learn_unblock(inner: &Inner, con: &mut Connection) -> Result<(), RedisError> {
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(con)?;
+    // No client has id 0: a no-op when permitted, NOPERM for a least-privilege user.
+    let can = match redis::cmd("CLIENT").arg("UNBLOCK").arg(0).query::<i64>(con) {
+        Ok(_) => true,
+        Err(e) if is_link(&e) => return Err(e),
+        Err(_) => false,
+    };
+    let mut state = inner.lock();
+    state.blocker_client_id = Some(id);
+    state.can_unblock = Some(can);
+    Ok(())
+}
+
+fn deliver(inner: &Inner, reply: &Value) {
+    let streams = parse_xread(reply);
+    if streams.is_empty() {
+        return;
+    }
+    let mut state = inner.lock();
+    for (key, raw) in streams {
+        if raw.is_empty() || !state.watched.contains_key(&key) {
+            continue;
+        }
+        let entries: Vec<Arc<HubEntry>> = raw.iter().map(hub_entry).collect();
+        state.watched.insert(key.clone(), entries.last().expect("non-empty").order);
+        let ids = state.by_key.get(&key).cloned().unwrap_or_default();
+        for sid in ids {
+            if state.subs.get(&sid).is_some_and(|s| s.live) && !inner.push(&mut state, sid, &entries) {
+                state.subs.get_mut(&sid).expect("present").live = false; // slow: the fetcher feeds it
+                inner.queue_fetch(&mut state, sid);
+            }
+        }
+    }
+}
+
+/// Notices streams that expired while followed (expiry does not wake XREAD).
+fn check_exists(inner: &Inner, con: &mut Connection) -> Result<(), RedisError> {
+    let keys: Vec<String> = {
+        let state = inner.lock();
+        state
+            .watched
+            .keys()
+            .filter(|k| {
+                state.by_key.get(*k).is_some_and(|ids| {
+                    ids.iter().any(|i| state.subs.get(i).is_some_and(|s| s.status == Status::Ok))
+                })
+            })
+            .cloned()
+            .collect()
+    };
+    if keys.is_empty() {
+        return Ok(());
+    }
+    inner.count(|s| s.checks += 1);
+    let present: usize = redis::cmd("EXISTS").arg(&keys).query(con)?;
+    if present == keys.len() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("EXISTS").arg(key);
+    }
+    let each: Vec<usize> = pipe.query(con)?;
+    let mut state = inner.lock();
+    for (key, n) in keys.iter().zip(each) {
+        if n > 0 {
+            continue;
+        }
+        for sid in state.by_key.get(key).cloned().unwrap_or_default() {
+            if let Some(sub) = state.subs.get_mut(&sid).filter(|s| s.status == Status::Ok) {
+                sub.status = Status::Gone;
+                signal(&mut state, sid);
+            }
+        }
+    }
+    Ok(())
+}

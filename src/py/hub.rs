@@ -1,0 +1,121 @@
+//! `ReaderHub`: the Python face of `crate::io::hub`, GIL released while waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use super::errors::SSERedisError;
+use crate::io::hub::{Hub, HubEntry, HubError, Options, Polled};
+
+impl From<HubError> for PyErr {
+    fn from(err: HubError) -> PyErr {
+        match err {
+            HubError::Closed => SSERedisError::new_err("the reader hub is closed"),
+            HubError::NoSubscription(sid) => SSERedisError::new_err(format!("no subscription {sid} (unsubscribed?)")),
+            HubError::Redis(m) => SSERedisError::new_err(m),
+        }
+    }
+}
+
+#[pyclass(frozen, module = "sse_redis._core")]
+pub struct ReaderHub {
+    inner: Hub,
+}
+
+fn polled<'py>(py: Python<'py>, (entries, status): Polled) -> PyResult<Bound<'py, PyTuple>> {
+    let items = entries
+        .iter()
+        .map(|e: &Arc<HubEntry>| (e.id.as_str(), e.seq, e.data.as_str(), e.complete).into_pyobject(py))
+        .collect::<PyResult<Vec<_>>>()?;
+    (PyList::new(py, items)?, status.name()).into_pyobject(py)
+}
+
+#[pymethods]
+impl ReaderHub {
+    #[new]
+    #[pyo3(signature = (url, *, queue_size = 256, batch_size = 100, block_ms = None,
+                        check_interval = 10.0, connect_timeout = 5.0, socket_timeout = 10.0))]
+    fn new(
+        url: &str,
+        queue_size: usize,
+        batch_size: usize,
+        block_ms: Option<u64>,
+        check_interval: f64,
+        connect_timeout: f64,
+        socket_timeout: f64,
+    ) -> PyResult<Self> {
+        let secs = |v: f64, name: &str| {
+            Duration::try_from_secs_f64(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0")))
+        };
+        let opts = Options {
+            queue_size,
+            batch_size,
+            block_ms,
+            check_interval: secs(check_interval, "check_interval")?,
+            connect_timeout: secs(connect_timeout, "connect_timeout")?,
+            socket_timeout: secs(socket_timeout, "socket_timeout")?,
+        };
+        if queue_size == 0 || batch_size == 0 {
+            return Err(PyValueError::new_err("queue_size and batch_size must be positive"));
+        }
+        Ok(ReaderHub { inner: Hub::new(url, opts)? })
+    }
+
+    #[pyo3(signature = (key, after_seq, waker = None))]
+    fn subscribe(&self, key: &str, after_seq: u64, waker: Option<u64>) -> PyResult<u64> {
+        Ok(self.inner.subscribe(key, after_seq, waker)?)
+    }
+
+    fn unsubscribe(&self, sid: u64) {
+        self.inner.unsubscribe(sid)
+    }
+
+    fn poll<'py>(&self, py: Python<'py>, sid: u64) -> PyResult<Bound<'py, PyTuple>> {
+        let got = self.inner.poll(sid)?;
+        polled(py, got)
+    }
+
+    #[pyo3(signature = (sid, timeout = None))]
+    fn wait<'py>(&self, py: Python<'py>, sid: u64, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        let got = py.detach(|| self.inner.wait(sid, timeout))?;
+        polled(py, got)
+    }
+
+    fn add_waker(&self, fd: i32) -> u64 {
+        self.inner.add_waker(fd)
+    }
+
+    fn remove_waker(&self, wid: u64) {
+        self.inner.remove_waker(wid)
+    }
+
+    fn take_ready(&self, wid: u64) -> Vec<u64> {
+        self.inner.take_ready(wid)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let dict = PyDict::new(py);
+        for (name, value) in [
+            ("xreads", s.xreads),
+            ("fetches", s.fetches),
+            ("unblocks", s.unblocks),
+            ("checks", s.checks),
+            ("reconnects", s.reconnects),
+            ("subscriptions", s.subscriptions),
+            ("watched", s.watched),
+            ("connections", 2),
+        ] {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+
+    fn close(&self) {
+        self.inner.close()
+    }
+}
