@@ -2,6 +2,10 @@
 //! full parse) and `sniff_stop_reason` (a cheap check, then a strict parse of
 //! one value only when it may pay off).
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use super::lines::lines;
 
 /// JSON nested deeper than this is never a stop reason.
@@ -28,6 +32,9 @@ pub fn json_string(value: &str) -> String {
     out
 }
 
+static RUN_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"run_id\""));
+static SEQ_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"seq_id\""));
+
 /// Where a `null` is to be replaced, and by which of the two texts.
 struct Patch {
     at: usize,
@@ -37,8 +44,8 @@ struct Patch {
 /// Fills `"run_id": null` / `"seq_id": null` members of `data` values; `None`
 /// when nothing matched (so the caller can hand back its input untouched).
 pub fn patch_nulls(text: &str, run_id: Option<&str>, seq_id: Option<u64>) -> Option<String> {
-    let want_run = run_id.is_some() && text.contains("\"run_id\"");
-    let want_seq = seq_id.is_some() && text.contains("\"seq_id\"");
+    let want_run = run_id.is_some() && RUN_ID.find(text.as_bytes()).is_some();
+    let want_seq = seq_id.is_some() && SEQ_ID.find(text.as_bytes()).is_some();
     if !want_run && !want_seq {
         return None;
     }
@@ -66,18 +73,18 @@ pub fn patch_nulls(text: &str, run_id: Option<&str>, seq_id: Option<u64>) -> Opt
 
 fn scan_value(value: &str, offset: usize, want_run: bool, want_seq: bool, patches: &mut Vec<Patch>) {
     let b = value.as_bytes();
+    // No token can match past the last occurrence of a key's text: stop there
+    // (in a typical chunk, before the long message text).
+    let last = |finder: &Finder<'_>, want: bool| if want { finder.find_iter(b).last() } else { None };
+    let (last_run, last_seq) = (last(&RUN_ID, want_run), last(&SEQ_ID, want_seq));
+    let Some(limit) = last_run.max(last_seq) else { return };
     let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'"' {
-            i += 1;
-            continue;
-        }
-        let Some(close) = string_end(b, i) else { return };
-        let token = &value[i..=close];
+    while let Some(open) = memchr::memchr(b'"', &b[i..]).map(|p| i + p).filter(|&o| o <= limit) {
+        let Some(close) = string_end(b, open) else { return };
         i = close + 1;
-        let with_run_id = match token {
-            "\"run_id\"" if want_run => true,
-            "\"seq_id\"" if want_seq => false,
+        let with_run_id = match &b[open..=close] {
+            b"\"run_id\"" if want_run => true,
+            b"\"seq_id\"" if want_seq => false,
             _ => continue,
         };
         if let Some(at) = null_member_value(b, i) {
@@ -90,14 +97,13 @@ fn scan_value(value: &str, offset: usize, want_run: bool, want_seq: bool, patche
 /// Index of the `"` closing the string token opened at `open`, if any.
 fn string_end(b: &[u8], open: usize) -> Option<usize> {
     let mut j = open + 1;
-    while j < b.len() {
-        match b[j] {
-            b'\\' => j += 2,
-            b'"' => return Some(j),
-            _ => j += 1,
+    loop {
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[j] == b'"' {
+            return Some(j);
         }
+        j += 2; // a backslash escapes the one character after it
     }
-    None
 }
 
 /// After a key token ending at `from`: `ws : ws null` then a delimiter or the
@@ -126,7 +132,8 @@ fn null_member_value(b: &[u8], from: usize) -> Option<usize> {
 /// The stop reason of a chunk whose first event's data is a JSON object with
 /// `"message_type": "stop_reason"` at its top level.
 pub fn sniff_stop_reason(chunk: &str) -> Option<String> {
-    if !chunk.contains("stop_reason") {
+    static STOP_REASON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("stop_reason"));
+    if STOP_REASON.find(chunk.as_bytes()).is_none() {
         return None;
     }
     let data = first_event_data(chunk)?;

@@ -68,10 +68,7 @@ impl<'a> Iterator for Lines<'a> {
         if start >= bytes.len() {
             return None;
         }
-        let cut = bytes[start..]
-            .iter()
-            .position(|&b| b == b'\r' || b == b'\n')
-            .map(|p| start + p);
+        let cut = memchr::memchr2(b'\r', b'\n', &bytes[start..]).map(|p| start + p);
         let (end, brk_len) = match cut {
             None => (bytes.len(), 0),
             Some(i) if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') => (i, 2),

@@ -1,6 +1,10 @@
 //! SSE framing: encoding one event, the incremental WHATWG parser, terminal
 //! detection and event-id stamping.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use super::lines::{lines, split_data, Line};
 
 /// A field value that would break the framing (CR, LF or NUL).
@@ -146,7 +150,9 @@ impl Parser {
 
 /// A `data: [DONE]` line or an `event: error` line anywhere in the chunk.
 pub fn is_terminal(chunk: &str) -> bool {
-    if !chunk.contains("[DONE]") && !chunk.contains("error") {
+    static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("[DONE]"));
+    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("error"));
+    if DONE.find(chunk.as_bytes()).is_none() && ERROR.find(chunk.as_bytes()).is_none() {
         return false;
     }
     lines(chunk).any(|line| {
@@ -156,6 +162,9 @@ pub fn is_terminal(chunk: &str) -> bool {
 
 /// The chunk with its last event carrying `id: <event_id>` (see docs/codec.md).
 pub fn set_event_id(chunk: &str, event_id: &str) -> String {
+    if let Some(stamped) = set_event_id_lf(chunk, event_id) {
+        return stamped;
+    }
     let all: Vec<Line> = lines(chunk).collect();
     let Some(last) = all.iter().rposition(|l| !l.is_blank()) else {
         return format!("{chunk}id: {event_id}\n\n");
@@ -188,4 +197,37 @@ pub fn set_event_id(chunk: &str, event_id: &str) -> String {
         }
     }
     out
+}
+
+/// The common chunk (`...\n\n`, LF only, no `id` line in its last event) in
+/// one copy; `None` sends anything else down the general path.
+fn set_event_id_lf(chunk: &str, event_id: &str) -> Option<String> {
+    let b = chunk.as_bytes();
+    let body = b.strip_suffix(b"\n\n")?; // the last event's lines, minus the blank line
+    if body.is_empty() || body.ends_with(b"\n") || memchr::memchr(b'\r', b).is_some() {
+        return None;
+    }
+    let event = &body[last_event_start(body)..];
+    let names_id = |line: &[u8]| line.strip_prefix(b"id").is_some_and(|r| r.is_empty() || r[0] == b':' || r[0] == b'\n');
+    if names_id(event) || memchr::memchr_iter(b'\n', event).any(|p| names_id(&event[p + 1..])) {
+        return None;
+    }
+    let mut out = String::with_capacity(chunk.len() + event_id.len() + 5);
+    out.push_str(&chunk[..chunk.len() - 1]);
+    out.push_str("id: ");
+    out.push_str(event_id);
+    out.push_str("\n\n");
+    Some(out)
+}
+
+/// Where the last event of LF-only text starts: just after its last blank line.
+fn last_event_start(body: &[u8]) -> usize {
+    let mut end = body.len();
+    while let Some(p) = memchr::memrchr(b'\n', &body[..end]) {
+        if p > 0 && body[p - 1] == b'\n' {
+            return p + 1;
+        }
+        end = p;
+    }
+    0
 }
