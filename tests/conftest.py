@@ -38,3 +38,14 @@ def codec(request: pytest.FixtureRequest) -> ModuleType:
 def both() -> tuple[ModuleType, ModuleType]:
     """(rust, python) for differential tests."""
     return load_codec("rust"), load_codec("python")
+
+
+# ---------------------------------------------------------------- I/O fixtures
+# Real servers (servers.py) and the engine backends (fixtures_io.py).
+
+import servers  # noqa: E402
+from fixtures_io import *  # noqa: E402,F401,F403
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    servers.add_options(parser)

@@ -61,6 +61,7 @@ def process_stream(
     the end, then make sure the stream is closed.  Returns the final status:
     ``completed``, ``failed`` or ``cancelled``."""
     run = _Run(writer, run_id)
+    interrupted: BaseException | None = None
     try:
         ended = False
         try:
@@ -72,11 +73,14 @@ def process_stream(
                     break
         except Exception as exc:
             run.failed(exc)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: close, report, re-raise
+            interrupted = exc
+            run.status = "cancelled"
         try:
             if run.error is not None:
                 writer.fail(run_id, run.error)
             elif ended:
-                writer.flush()
+                writer.flush(run_id=run_id)
             else:
                 writer.complete(run_id)
         except Exception as exc:
@@ -84,6 +88,8 @@ def process_stream(
     finally:
         if on_finish is not None:
             on_finish(*run.outcome())
+    if interrupted is not None:
+        raise interrupted
     return run.outcome()[1]
 
 
@@ -121,7 +127,7 @@ async def aprocess_stream(
             if run.error is not None:
                 await _shielded(writer.fail(run_id, run.error))
             elif ended:
-                await _shielded(writer.flush())
+                await _shielded(writer.flush(run_id=run_id))
             else:
                 await _shielded(writer.complete(run_id))
         except asyncio.CancelledError as exc:

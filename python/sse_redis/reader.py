@@ -18,7 +18,8 @@ from typing import Any, AsyncIterator, Iterator
 
 from . import _backend, keys as _keys
 from .connection import redact, resolve_url
-from .errors import StreamNotFound, StreamStalled, StreamTrimmed
+from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
+from .writer import _FORKED_AWAY
 
 PING = ": ping\n\n"
 
@@ -51,6 +52,7 @@ class _Follow:
         self.cursor = cursor
         self.idle_timeout = reader.idle_timeout
         self.ping_interval = reader.ping_interval
+        self.retry_timeout = reader.retry_timeout
         now = time.monotonic()
         self.missing_deadline = now + reader.missing_timeout
         self.last_entry = now
@@ -86,6 +88,8 @@ class _Follow:
             return out
         if state == "done":
             self.finished = True
+        elif state == "down":
+            raise RedisUnavailable(f"run {self.run_id!r}: Redis unreachable for {self.retry_timeout}s")
         elif state == "gone":
             raise StreamNotFound(f"run {self.run_id!r}: its stream expired or was deleted while being read")
         elif state == "missing" and now >= self.missing_deadline:
@@ -129,13 +133,14 @@ class StreamReader:
         ping_interval: float | None = None,
         queue_size: int = 256,
         check_interval: float = 10.0,
+        retry_timeout: float = 30.0,
         backend: str | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("queue_size", queue_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
         for name, value in (("idle_timeout", idle_timeout), ("missing_timeout", missing_timeout),
-                            ("check_interval", check_interval)):
+                            ("check_interval", check_interval), ("retry_timeout", retry_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
         if ping_interval is not None and (not isinstance(ping_interval, (int, float)) or ping_interval <= 0):
@@ -147,10 +152,12 @@ class StreamReader:
         self.idle_timeout = float(idle_timeout)
         self.missing_timeout = float(missing_timeout)
         self.ping_interval = ping_interval
+        self.retry_timeout = float(retry_timeout)
         self._hub_options = dict(
             queue_size=max(queue_size, batch_size),
             batch_size=batch_size,
             check_interval=float(check_interval),
+            retry_timeout=float(retry_timeout),
         )
         self._hub: Any = None
         self._hub_pid = -1
@@ -162,9 +169,11 @@ class StreamReader:
     @property
     def hub(self) -> Any:
         """This process's hub; a forked child builds its own on first use."""
+        if self._closed:
+            raise SSERedisError(f"this {type(self).__name__} is closed")
         if self._hub_pid != os.getpid():
-            if self._closed:
-                raise RuntimeError(f"this {type(self).__name__} is closed")
+            if self._hub is not None:
+                _FORKED_AWAY.append(self._hub)  # the parent's: never touched after fork
             self._hub = self._module.ReaderHub(self._url, **self._hub_options)
             self._hub_pid = os.getpid()
         return self._hub

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _backend, keys as _keys
 from .connection import redact, resolve_url
-from .errors import RunClosedError
+from .errors import RunClosedError, SSERedisError
 
 log = logging.getLogger("sse_redis")
 
@@ -92,9 +92,13 @@ class StreamWriter:
     @property
     def engine(self) -> Any:
         """This process's engine; a forked child builds its own on first use."""
+        if self._closed:
+            raise SSERedisError("this StreamWriter is closed")
         if self._engine_pid != os.getpid():
-            if self._closed:
-                raise RuntimeError("this StreamWriter is closed")
+            if self._engine is not None:
+                # The parent's engine: its threads did not survive the fork and
+                # its lock may be held, so it is never touched (nor dropped) here.
+                _FORKED_AWAY.append(self._engine)
             self._engine = self._module.WriterEngine(self._url, **self._options)
             self._engine_pid = os.getpid()
         return self._engine
@@ -136,13 +140,15 @@ class StreamWriter:
         try:
             seq = self.engine.write(key, chunk, True, self._write_timeout)
         except RunClosedError:
-            return None
+            seq = None  # already complete; still wait for a terminal of ours in flight
         self.engine.flush(self._write_timeout, key)
         return seq
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Return once everything written so far is stored; raises a batch's error."""
-        self.engine.flush(timeout if timeout is not None else self._write_timeout, None)
+    def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
+        """Return once everything written so far (to ``run_id``, or to any run)
+        is stored; raises a failed batch's error, each error once."""
+        key = None if run_id is None else self._key(run_id)
+        self.engine.flush(timeout if timeout is not None else self._write_timeout, key)
 
     def last_seq(self, run_id: str) -> int:
         """The last seq id stored for the run (0 when there is none)."""
@@ -204,8 +210,8 @@ class AsyncStreamWriter:
     async def fail(self, run_id: str, exc: BaseException | None = None, public_message: str | None = None) -> int | None:
         return await asyncio.to_thread(self.sync.fail, run_id, exc, public_message)
 
-    async def flush(self, timeout: float | None = None) -> None:
-        await asyncio.to_thread(self.sync.flush, timeout)
+    async def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
+        await asyncio.to_thread(self.sync.flush, timeout, run_id=run_id)
 
     async def last_seq(self, run_id: str) -> int:
         return await asyncio.to_thread(self.sync.last_seq, run_id)
@@ -230,6 +236,9 @@ def _positive(name: str, value: object, kind: type | tuple[type, ...]) -> None:
     if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive number, not {value!r}")
 
+
+# Engines inherited across fork(): kept alive, never used (see ``engine``).
+_FORKED_AWAY: list[Any] = []
 
 # Writers still open at interpreter exit are flushed, so no queued chunk is lost.
 _open_writers: "weakref.WeakSet[StreamWriter]" = weakref.WeakSet()

@@ -28,6 +28,7 @@ pub enum Status {
     Missing,
     Done,
     Gone,
+    Down,
 }
 
 impl Status {
@@ -37,6 +38,7 @@ impl Status {
             Status::Missing => "missing",
             Status::Done => "done",
             Status::Gone => "gone",
+            Status::Down => "down",
         }
     }
 }
@@ -109,6 +111,7 @@ struct State {
     unblock_wanted: bool,
     blocker_client_id: Option<i64>,
     can_unblock: Option<bool>,
+    down_since: Option<Instant>,
     closed: bool,
     stats: Stats,
 }
@@ -118,6 +121,7 @@ pub struct Options {
     pub batch_size: usize,
     pub block_ms: Option<u64>,
     pub check_interval: Duration,
+    pub retry_timeout: Duration,
     pub connect_timeout: Duration,
     pub socket_timeout: Duration,
 }
@@ -166,6 +170,24 @@ impl Inner {
         }
         signal(state, sid);
         true
+    }
+
+    fn link_ok(&self) {
+        self.lock().down_since = None;
+    }
+
+    /// After `retry_timeout` without Redis, every reader is told (`Down`).
+    fn link_failed(&self) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let since = *state.down_since.get_or_insert(now);
+        if now.duration_since(since) > self.opts.retry_timeout {
+            let ids: Vec<u64> = state.subs.iter().filter(|(_, s)| s.status != Status::Down).map(|(i, _)| *i).collect();
+            for sid in ids {
+                state.subs.get_mut(&sid).expect("listed").status = Status::Down;
+                signal(&mut state, sid);
+            }
+        }
     }
 
     fn count(&self, f: impl FnOnce(&mut Stats)) {
@@ -387,6 +409,11 @@ fn run_fetcher(inner: &Inner) {
             }
             Ok(())
         })();
+        match &result {
+            Ok(()) => inner.link_ok(),
+            Err(err) if is_link(err) => inner.link_failed(),
+            Err(_) => {}
+        }
         if let Err(err) = result {
             let mut state = inner.lock();
             if let Some(sid) = sid.filter(|s| state.subs.contains_key(s)) {
@@ -548,8 +575,12 @@ fn run_blocker(inner: &Inner) {
             Ok(())
         })();
         match result {
-            Ok(()) => delay = Duration::from_millis(10),
+            Ok(()) => {
+                delay = Duration::from_millis(10);
+                inner.link_ok();
+            }
             Err(err) if is_link(&err) => {
+                inner.link_failed();
                 con = None;
                 inner.count(|s| s.reconnects += 1);
                 std::thread::sleep(delay);

@@ -59,6 +59,7 @@ struct Run {
     closing: bool,
     error: Option<WriteError>,
     ready: bool,
+    in_flight: usize,
 }
 
 #[derive(Default, Clone)]
@@ -161,24 +162,36 @@ impl Engine {
         Ok(Engine { shared, client, control: Mutex::new(None), sender: Mutex::new(Some(handle)) })
     }
 
-    /// A command on the control connection (opened on demand, dropped when the link breaks).
-    fn control<T>(&self, f: impl FnOnce(&mut Connection) -> RedisResult<T>) -> Result<T, WriteError> {
+    /// A command on the control connection, reconnecting and retrying (every
+    /// control command is idempotent) until the retry deadline.
+    fn control<T>(&self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> Result<T, WriteError> {
+        let opts = &self.shared.opts;
+        let deadline = Instant::now() + opts.retry_timeout;
+        let mut delay = Duration::from_millis(10);
         let mut slot = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            let opts = &self.shared.opts;
-            let con = conn::connect(&self.client, opts.connect_timeout, Some(opts.socket_timeout))
-                .map_err(|e| WriteError::Unavailable(format!("cannot connect to Redis: {e}")))?;
-            *slot = Some(con);
-        }
-        let result = f(slot.as_mut().expect("connected above"));
-        result.map_err(|e| {
-            if conn::is_link_error(&e) {
-                *slot = None;
-                WriteError::Unavailable(format!("Redis connection failed: {e}"))
-            } else {
-                WriteError::Redis(format!("Redis refused a command: {e}"))
+        loop {
+            let result = match slot.as_mut() {
+                Some(con) => f(con),
+                None => conn::connect(&self.client, opts.connect_timeout, Some(opts.socket_timeout))
+                    .and_then(|mut con| f(&mut con).map(|r| (con, r)).map(|(con, r)| {
+                        *slot = Some(con);
+                        r
+                    })),
+            };
+            let err = match result {
+                Ok(value) => return Ok(value),
+                Err(err) if !conn::is_link_error(&err) => {
+                    return Err(WriteError::Redis(format!("Redis refused a command: {err}")))
+                }
+                Err(err) => err,
+            };
+            *slot = None;
+            if Instant::now() + delay > deadline || self.shared.lock().closed {
+                return Err(WriteError::Unavailable(format!("Redis unreachable: {err}")));
             }
-        })
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// `(seq_id, complete)` of the stream's last entry, `(0, false)` if none.
@@ -208,6 +221,7 @@ impl Engine {
             closing: false,
             error: None,
             ready: false,
+            in_flight: 0,
         });
         state.next_gen += 1;
         Ok(())
@@ -319,12 +333,23 @@ impl Engine {
         Ok(self.read_top(key)?.0)
     }
 
+    /// Deletes the run's stream and forgets the run, once its batch in flight
+    /// (if any) has landed, so nothing of it is written after the DEL.
     pub fn delete(&self, key: &str) -> Result<(), WriteError> {
         {
             let mut state = self.shared.lock();
-            if let Some(run) = state.runs.remove(key) {
-                state.failed.retain(|(k, g)| !(k == key && *g == run.gen));
-                state.pending -= run.queue.len();
+            if let Some(run) = state.runs.get_mut(key) {
+                let (gen, dropped) = (run.gen, run.queue.len());
+                run.queue.clear();
+                run.closing = true; // no new writes while it goes
+                state.pending -= dropped;
+                while state.run(key, gen).is_some_and(|r| r.in_flight > 0) {
+                    state = self.shared.wait(state, None);
+                }
+                if state.run(key, gen).is_some() {
+                    state.runs.remove(key);
+                    state.failed.retain(|(k, g)| !(k == key && *g == gen));
+                }
                 self.shared.changed.notify_all();
             }
         }
@@ -344,9 +369,9 @@ impl Engine {
         let flushed = self.flush(timeout, None);
         self.shared.lock().closed = true;
         self.shared.changed.notify_all();
-        if let Some(handle) = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = handle.join();
-        }
+        // Detached, not joined: a sender stuck on a dead link must not hold up
+        // close (it gives up at its next retry, which sees `closed`).
+        drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
         *self.control.lock().unwrap_or_else(|p| p.into_inner()) = None;
         flushed
     }
@@ -418,15 +443,16 @@ impl Sender {
                 return batches.iter().map(|_| Outcome::Failed(error.clone())).collect();
             }
             self.con = None;
-            self.shared.lock().stats.retries += 1;
-            if Instant::now() + delay > deadline {
+            let mut state = self.shared.lock();
+            state.stats.retries += 1;
+            if Instant::now() + delay > deadline || state.closed {
                 let error = WriteError::Unavailable(format!(
                     "Redis unreachable for {:?}: {err}",
                     self.shared.opts.retry_timeout
                 ));
                 return batches.iter().map(|_| Outcome::Failed(error.clone())).collect();
             }
-            std::thread::sleep(delay);
+            drop(self.shared.wait(state, Some(delay))); // woken early by close
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
@@ -482,6 +508,7 @@ fn take_batches(state: &mut State, flush_size: usize) -> Vec<Batch> {
         };
         while !run.queue.is_empty() && room > 0 {
             let take = flush_size.min(run.queue.len()).min(room);
+            run.in_flight += take;
             batches.push(Batch { key: key.clone(), gen: run.gen, chunks: run.queue.drain(..take).collect() });
             room -= take;
         }
@@ -531,9 +558,13 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>) {
     for (batch, outcome) in batches.into_iter().zip(outcomes) {
         state.pending -= batch.chunks.len();
         state.stats.batches += 1;
-        let Some(run) = state.runs.get_mut(&batch.key).filter(|r| r.gen == batch.gen && r.error.is_none()) else {
-            continue; // deleted meanwhile, or an earlier batch of it failed
+        let Some(run) = state.runs.get_mut(&batch.key).filter(|r| r.gen == batch.gen) else {
+            continue; // deleted meanwhile
         };
+        run.in_flight -= batch.chunks.len();
+        if run.error.is_some() {
+            continue; // an earlier batch of it failed
+        }
         match outcome {
             Outcome::Stored => {
                 let last = batch.chunks.last().expect("batches are never empty");

@@ -1,7 +1,6 @@
 //! The exception classes live in `sse_redis.errors`; the core raises those
 //! same classes, so callers catch one set of types whatever the backend.
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::PyErr;
 
 use crate::io::writer::WriteError;
@@ -21,7 +20,7 @@ impl From<WriteError> for PyErr {
             WriteError::Timeout(m) => WriteTimeout::new_err(m),
             WriteError::Unavailable(m) => RedisUnavailable::new_err(m),
             WriteError::Redis(m) => SSERedisError::new_err(m),
-            WriteError::EngineClosed => PyRuntimeError::new_err("the writer is closed"),
+            WriteError::EngineClosed => SSERedisError::new_err("the writer is closed"),
         }
     }
 }

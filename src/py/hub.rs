@@ -37,13 +37,15 @@ fn polled<'py>(py: Python<'py>, (entries, status): Polled) -> PyResult<Bound<'py
 impl ReaderHub {
     #[new]
     #[pyo3(signature = (url, *, queue_size = 256, batch_size = 100, block_ms = None,
-                        check_interval = 10.0, connect_timeout = 5.0, socket_timeout = 10.0))]
+                        check_interval = 10.0, retry_timeout = 30.0, connect_timeout = 5.0,
+                        socket_timeout = 10.0))]
     fn new(
         url: &str,
         queue_size: usize,
         batch_size: usize,
         block_ms: Option<u64>,
         check_interval: f64,
+        retry_timeout: f64,
         connect_timeout: f64,
         socket_timeout: f64,
     ) -> PyResult<Self> {
@@ -55,6 +57,7 @@ impl ReaderHub {
             batch_size,
             block_ms,
             check_interval: secs(check_interval, "check_interval")?,
+            retry_timeout: secs(retry_timeout, "retry_timeout")?,
             connect_timeout: secs(connect_timeout, "connect_timeout")?,
             socket_timeout: secs(socket_timeout, "socket_timeout")?,
         };

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from ..errors import SSERedisError
 
 # Subscription states a poll reports.
-OK, MISSING, DONE, GONE = "ok", "missing", "done", "gone"
+OK, MISSING, DONE, GONE, DOWN = "ok", "missing", "done", "gone", "down"
 LINK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 XREAD_COUNT = 1000
 SHORT_BLOCK_MS = 250  # without CLIENT UNBLOCK a new key waits at most this long
@@ -94,6 +94,7 @@ class ReaderHub:
         batch_size: int = 100,
         block_ms: int | None = None,
         check_interval: float = 10.0,
+        retry_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
     ) -> None:
@@ -104,6 +105,8 @@ class ReaderHub:
         self._batch_size = batch_size
         self._block_ms = block_ms
         self._check_interval = check_interval
+        self._retry_timeout = retry_timeout
+        self._down_since: float | None = None  # when Redis stopped answering
         self._connect_timeout = connect_timeout
         self._query = self._connect(socket_timeout)
 
@@ -129,13 +132,14 @@ class ReaderHub:
         for thread in self._threads:
             thread.start()
 
-    def _connect(self, socket_timeout: float | None) -> redis.Redis:
+    def _connect(self, socket_timeout: float | None, *, dedicated: bool = False) -> redis.Redis:
+        """A client of the hub's own; ``dedicated`` connects now and keeps one connection."""
         return redis.Redis.from_url(
             self._url,
             socket_connect_timeout=self._connect_timeout,
             socket_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),
-            single_connection_client=True,
+            single_connection_client=dedicated,
         )
 
     # -- readers' side ---------------------------------------------------------
@@ -304,8 +308,10 @@ class ReaderHub:
                     self._unblock()
                 if sub is not None:
                     self._catch_up(sub)
+                self._link_ok()
             except LINK_ERRORS:
                 self._count("reconnects")
+                self._link_failed()
                 if sub is not None:
                     with self._lock:
                         sub.fetching = False
@@ -397,7 +403,7 @@ class ReaderHub:
                 self._blocking_version = self._version
             try:
                 if client is None:
-                    client = self._connect(None)
+                    client = self._connect(None, dedicated=True)
                     self._learn_unblock(client)
                 reply = client.xread(streams, count=XREAD_COUNT, block=self._block_time())
                 self._count("xreads")
@@ -407,11 +413,13 @@ class ReaderHub:
                     next_check = time.monotonic() + self._check_interval
                     self._check_exists(client)
                 delay = 0.01
+                self._link_ok()
             except LINK_ERRORS:
                 if client is not None:
                     client.close()
                 client = None
                 self._count("reconnects")
+                self._link_failed()
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except redis.ResponseError:
@@ -468,6 +476,21 @@ class ReaderHub:
                 for sub in self._by_key.get(key, ()):
                     if sub.status == OK:
                         sub.status = GONE
+                        self._signal(sub)
+
+    def _link_ok(self) -> None:
+        self._down_since = None
+
+    def _link_failed(self) -> None:
+        """After ``retry_timeout`` without Redis, every reader is told (state ``down``)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+            elif now - self._down_since > self._retry_timeout:
+                for sub in self._subs.values():
+                    if sub.status != DOWN:
+                        sub.status = DOWN
                         self._signal(sub)
 
     def _count(self, name: str) -> None:

@@ -68,7 +68,7 @@ class _Chunk:
 class _Run:
     """What the engine knows of one open run."""
 
-    __slots__ = ("key", "queue", "next_seq", "stored", "closing", "error", "ready")
+    __slots__ = ("key", "queue", "next_seq", "stored", "closing", "error", "ready", "in_flight")
 
     def __init__(self, key: str, top: int) -> None:
         self.key = key
@@ -78,6 +78,7 @@ class _Run:
         self.closing = False  # a terminal chunk is queued: no more writes
         self.error: BaseException | None = None
         self.ready = False  # listed in the engine's ready queue
+        self.in_flight = 0  # chunks in the pipeline being sent
 
 
 class WriterEngine:
@@ -114,12 +115,27 @@ class WriterEngine:
 
     # -- the caller's side ---------------------------------------------------
 
+    def _control(self, command):  # type: ignore[no-untyped-def]
+        """Run an (idempotent) command, retrying a broken link until the deadline."""
+        deadline = time.monotonic() + self._retry_timeout
+        delay = 0.01
+        while True:
+            try:
+                return command(self._client)
+            except RETRYABLE as exc:
+                if time.monotonic() + delay > deadline or self._closed:
+                    raise RedisUnavailable(f"Redis unreachable: {exc}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except redis.RedisError as exc:
+                raise SSERedisError(f"Redis refused a command: {exc}") from None
+
     def open(self, key: str) -> None:
         """Learn where the run stands in Redis (one round trip, first write only)."""
         with self._cv:
             if key in self._runs:
                 return
-        top, complete = read_top(self._client, key)
+        top, complete = self._control(lambda client: read_top(client, key))
         if complete:
             raise RunClosedError(f"run stream {key!r} is already complete")
         with self._cv:
@@ -215,18 +231,25 @@ class WriterEngine:
                 del self._runs[key]
 
     def last_seq(self, key: str) -> int:
-        return read_top(self._client, key)[0]
+        return self._control(lambda client: read_top(client, key))[0]
 
     def delete(self, key: str) -> None:
+        """Delete the run's stream and forget the run, once its batch in flight
+        (if any) has landed, so nothing of it is written after the DEL."""
         with self._cv:
-            run = self._runs.pop(key, None)
+            run = self._runs.get(key)
             if run is not None:
-                if run in self._failed:
-                    self._failed.remove(run)
                 self._pending -= len(run.queue)
                 run.queue.clear()
+                run.closing = True  # no new writes while it goes
+                while self._runs.get(key) is run and run.in_flight:
+                    self._cv.wait()
+                if self._runs.get(key) is run:
+                    del self._runs[key]
+                    if run in self._failed:
+                        self._failed.remove(run)
                 self._cv.notify_all()
-        self._client.delete(key)
+        self._control(lambda client: client.delete(key))
 
     def stats(self) -> dict[str, int]:
         with self._cv:
@@ -243,7 +266,8 @@ class WriterEngine:
             with self._cv:
                 self._closed = True
                 self._cv.notify_all()
-            self._thread.join(timeout)
+            # Not joined: a sender stuck on a dead link must not hold up close
+            # (it gives up at its next retry, which sees ``_closed``).
             self._client.close()
 
     # -- the sender thread ----------------------------------------------------
@@ -269,6 +293,7 @@ class WriterEngine:
             run = self._ready[0]
             while run.queue and room > 0:
                 take = min(self._flush_size, len(run.queue), room)
+                run.in_flight += take
                 batches.append((run, [run.queue.popleft() for _ in range(take)]))
                 room -= take
             if not run.queue:
@@ -289,10 +314,11 @@ class WriterEngine:
                 return replies
             except RETRYABLE as exc:
                 self._count("retries")
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + delay > deadline or self._closed:
                     error = RedisUnavailable(f"Redis unreachable for {self._retry_timeout}s: {exc}")
                     return [error] * len(batches)
-                time.sleep(delay)
+                with self._cv:
+                    self._cv.wait(delay)  # woken early by close
                 delay = min(delay * 2, 1.0)
 
     def _pipeline(self, batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
@@ -316,6 +342,7 @@ class WriterEngine:
         for (run, chunks), outcome in zip(batches, outcomes):
             self._pending -= len(chunks)
             self._stats["batches"] += 1
+            run.in_flight -= len(chunks)
             if self._runs.get(run.key) is not run or run.error is not None:
                 continue  # deleted meanwhile, or an earlier batch of it failed
             error = _batch_error(run.key, chunks, outcome)
@@ -340,7 +367,7 @@ class _AlreadyComplete(Exception):
 
 
 def _is_noscript(reply: object) -> bool:
-    return isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSCRIPT")
+    return isinstance(reply, redis.exceptions.NoScriptError)
 
 
 def _batch_error(key: str, chunks: list[_Chunk], outcome: object) -> BaseException | None:

@@ -1,0 +1,129 @@
+"""Fixtures of the I/O tests (writer, processor): the engine backend, the
+real servers of ``servers.py`` re-exported, throwaway dedicated servers a
+test may stop, pause or restart, and writers that are always closed.
+
+``tests/conftest.py`` pulls these in with ``from fixtures_io import *`` and
+calls ``servers.add_options(parser)`` from ``pytest_addoption``.  Never a mock.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis as redis_py
+
+from servers import any_server_url, redis7_server, redis_url, valkey_server  # noqa: F401 (re-exported)
+
+from sse_redis import AsyncStreamWriter, StreamWriter
+from sse_redis._embedded import RedisProcess, valkey_binary
+
+__all__ = [
+    "IO_BACKENDS",
+    "backend",
+    "valkey_server",
+    "redis7_server",
+    "redis_url",
+    "any_server_url",
+    "dedicated_server",
+    "make_writer",
+    "make_async_writer",
+    "run_id",
+    "plain_client",
+]
+
+IO_BACKENDS = ["rust", "python"]
+
+
+@pytest.fixture(params=IO_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """``"rust"`` or ``"python"``: the writer engine a test drives.  A missing
+    Rust core skips its half, unless ``SSE_REDIS_REQUIRE_RUST=1`` (CI)."""
+    if request.param == "rust":
+        try:
+            importlib.import_module("sse_redis._core")
+        except ImportError as exc:
+            reason = f"sse_redis._core is not built: {exc}"
+            if os.environ.get("SSE_REDIS_REQUIRE_RUST") == "1":
+                pytest.fail(reason)
+            pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def dedicated_server() -> Iterator[Callable[..., RedisProcess]]:
+    """A factory of Valkey servers of the test's own (to stop, pause, kill
+    clients of, or restart on the same port); all are closed afterwards."""
+    started: list[RedisProcess] = []
+
+    def start(*extra_args: str) -> RedisProcess:
+        server = RedisProcess(valkey_binary(), extra_args=extra_args)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def make_writer(backend: str) -> Iterator[Callable[..., StreamWriter]]:
+    """``make_writer(url, **options)``: a ``StreamWriter`` on the test's
+    backend, closed at teardown (quickly, errors ignored: some tests leave a
+    writer facing a stopped server)."""
+    writers: list[StreamWriter] = []
+
+    def make(url: str, **options: Any) -> StreamWriter:
+        writer = StreamWriter(url, backend=backend, **options)
+        writers.append(writer)
+        return writer
+
+    yield make
+    for writer in writers:
+        try:
+            writer.close(timeout=1.0)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def make_async_writer(backend: str) -> Iterator[Callable[..., AsyncStreamWriter]]:
+    """``make_async_writer(url, **options)``: like ``make_writer``, async face."""
+    writers: list[AsyncStreamWriter] = []
+
+    def make(url: str, **options: Any) -> AsyncStreamWriter:
+        writer = AsyncStreamWriter(url, backend=backend, **options)
+        writers.append(writer)
+        return writer
+
+    yield make
+    for writer in writers:
+        try:
+            writer.sync.close(timeout=1.0)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def run_id() -> Callable[[], str]:
+    """``run_id()``: a fresh run id, so tests share one server without flushing it."""
+    return lambda: f"test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def plain_client() -> Iterator[Callable[[str], redis_py.Redis]]:
+    """``plain_client(url)``: a plain redis-py client (``decode_responses=True``)
+    to look at what is stored; closed afterwards."""
+    clients: list[redis_py.Redis] = []
+
+    def connect(url: str) -> redis_py.Redis:
+        client = redis_py.Redis.from_url(url, decode_responses=True)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
