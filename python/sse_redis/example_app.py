@@ -1,0 +1,118 @@
+"""The example app: a FastAPI server that starts simulated LLM runs in the
+background and streams them to browsers, resumably.
+
+    POST /runs                      start a run -> {"run_id", "token", "stream_url"}
+    GET  /runs/{run_id}/stream      the run as SSE (EventSource resumes with Last-Event-ID)
+    POST /runs/{run_id}/drop        cut every open stream of the run (the page's button)
+    GET  /                          the page
+
+Readers need the run's token (``?token=``, since EventSource cannot set
+headers): ``authorize`` shows where your own access control goes.
+Run it with ``sse-redis serve`` or ``uvicorn examples.app:app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+import uuid
+from importlib import resources
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from ._corpus import llm_run_chunks
+from .processor import aprocess_stream
+from .reader import AsyncStreamReader
+from .starlette import stream_run
+from .writer import AsyncStreamWriter
+
+
+def create_app(
+    redis_url: str,
+    *,
+    backend: str | None = None,
+    chunks: int = 120,
+    token_delay: float = 0.03,
+    secret: bytes | None = None,
+) -> FastAPI:
+    """The app, streaming runs of ``chunks`` chunks, one every ``token_delay`` seconds."""
+    secret = secret or secrets.token_bytes(32)
+    writer = AsyncStreamWriter(redis_url, backend=backend)
+    reader = AsyncStreamReader(redis_url, backend=backend, ping_interval=15, missing_timeout=5)
+    drops: dict[str, set[asyncio.Event]] = {}  # run -> the open streams' "stop" events
+    tasks: set[asyncio.Task[str]] = set()
+
+    def token_for(run_id: str) -> str:
+        return hmac.new(secret, run_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def authorize(request: Request, run_id: str) -> bool | int:
+        if not run_id.startswith("run-"):
+            return 404
+        return hmac.compare_digest(request.query_params.get("token", ""), token_for(run_id))
+
+    async def llm(n: int) -> AsyncIterator[str]:
+        for chunk in llm_run_chunks(n, seed=uuid.uuid4().int % 1000):
+            await asyncio.sleep(token_delay)
+            yield chunk
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for task in list(tasks):
+            task.cancel()
+        await writer.close()
+        reader.close()
+
+    app = FastAPI(title="sse-redis example", lifespan=lifespan)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return resources.files("sse_redis").joinpath("web/index.html").read_text()
+
+    @app.post("/runs")
+    async def start_run() -> JSONResponse:
+        run_id = f"run-{uuid.uuid4().hex}"
+        task = asyncio.create_task(aprocess_stream(llm(chunks), writer, run_id))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        token = token_for(run_id)
+        return JSONResponse(
+            {"run_id": run_id, "token": token, "stream_url": f"/runs/{run_id}/stream?token={token}"},
+            status_code=201,
+        )
+
+    @app.get("/runs/{run_id}/stream")
+    async def stream(request: Request, run_id: str) -> Response:
+        stop = asyncio.Event()
+        drops.setdefault(run_id, set()).add(stop)
+        response = await stream_run(request, reader, run_id, authorize=authorize, retry_ms=300, until=stop)
+        if not hasattr(response, "body_iterator"):
+            drops[run_id].discard(stop)
+            return response
+        original = response.body_iterator
+
+        async def forget_when_done() -> AsyncIterator[str]:
+            try:
+                async for chunk in original:
+                    yield chunk
+            finally:
+                drops.get(run_id, set()).discard(stop)
+
+        response.body_iterator = forget_when_done()
+        return response
+
+    @app.post("/runs/{run_id}/drop")
+    async def drop(request: Request, run_id: str) -> JSONResponse:
+        if authorize(request, run_id) is not True:
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        open_streams = drops.pop(run_id, set())
+        for stop in open_streams:
+            stop.set()
+        return JSONResponse({"dropped": len(open_streams)})
+
+    return app

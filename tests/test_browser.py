@@ -1,0 +1,95 @@
+"""A real browser against the example app: headless Chromium (Debian's
+``chromium``, driven by Playwright) streams a run; the server cuts the
+connection mid-run; the browser's own ``EventSource`` reconnects with
+``Last-Event-ID``; the page ends with every chunk exactly once, in order."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from sse_redis.example_app import create_app  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHUNKS = 80
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(redis_url: str, backend: str):
+    """The example app on a free loopback port, in a thread of its own."""
+    port = _free_port()
+    app = create_app(redis_url, backend=backend, chunks=CHUNKS, token_delay=0.02)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the example app did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        # Root (CI) cannot use Chromium's sandbox.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def test_eventsource_resumes_after_the_server_drops_it(browser, app_url: str) -> None:
+    page = browser.new_page()
+    try:
+        page.goto(app_url)
+        page.click("#start")
+        page.wait_for_function("window.seen.length >= 20", timeout=15_000)
+        page.click("#drop")  # the server cuts every open stream of the run
+        page.wait_for_function("window.done === true", timeout=30_000)
+        seen = page.evaluate("window.seen")
+        opens = page.evaluate("window.opens")
+        failure = page.evaluate("window.failure")
+        assert failure is None
+        assert opens >= 2, "the browser never reconnected"
+        assert seen == list(range(1, CHUNKS + 1)), "chunks lost, repeated or out of order"
+        assert "done" in page.inner_text("#status")
+    finally:
+        page.close()
+
+
+def test_a_finished_run_answers_204_so_eventsource_stops(browser, app_url: str) -> None:
+    page = browser.new_page()
+    try:
+        page.goto(app_url)
+        page.click("#start")
+        page.wait_for_function("window.done === true", timeout=30_000)
+        run = page.evaluate("window.run")
+        status = page.evaluate(
+            """async (run) => (await fetch(run.stream_url, {headers: {"Last-Event-ID": "%d"}})).status"""
+            % CHUNKS,
+            run,
+        )
+        assert status == 204
+    finally:
+        page.close()
