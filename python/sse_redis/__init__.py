@@ -8,6 +8,8 @@ every face also takes ``backend="rust"|"python"``.
 
 from __future__ import annotations
 
+import logging
+
 from ._backend import BACKEND, module as _module
 from .errors import (
     RedisUnavailable,
@@ -23,6 +25,9 @@ from .keys import ClusterKeyLayout, KeyLayout
 from .processor import aprocess_stream, process_stream
 from .reader import AsyncStreamReader, StreamReader
 from .writer import AsyncStreamWriter, StreamWriter
+
+# A library logs, it does not print: the application decides where logs go.
+logging.getLogger("sse_redis").addHandler(logging.NullHandler())
 
 _live = _module()
 

@@ -62,6 +62,19 @@ def _event_id(chunk: str) -> int:
     raise ValueError(f"chunk without an id line: {chunk!r}")
 
 
+def _check_reachable(redis_url: str) -> None:
+    """Fail at once, in one line, when there is no Redis to demo on."""
+    import redis
+
+    from .connection import redact
+    from .errors import RedisUnavailable
+
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"cannot reach Redis at {redact(redis_url)}: {exc}") from None
+
+
 def run_demo(
     redis_url: str,
     *,
@@ -72,6 +85,7 @@ def run_demo(
 ) -> DemoReport:
     """Stream one run of ``chunks`` chunks and follow it with a reader that
     reconnects half-way; returns what happened."""
+    _check_reachable(redis_url)
     run_id = f"demo-{uuid.uuid4().hex[:12]}"
     source = llm_run_chunks(chunks, seed=7)
     sent_at: dict[int, float] = {}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
-import weakref
 from typing import Any, AsyncIterator, Iterator
 
 from . import _backend, keys as _keys
@@ -22,6 +22,7 @@ from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStall
 from .writer import _FORKED_AWAY
 
 PING = ": ping\n\n"
+MAX_CURSOR = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
 
 
 def cursor_of(starting_after: int | None, last_event_id: str | None) -> int:
@@ -33,28 +34,43 @@ def cursor_of(starting_after: int | None, last_event_id: str | None) -> int:
         text = str(last_event_id).strip()
         if not text:
             return 0
-        if not text.isdigit() or len(text) > 19:
+        if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_CURSOR:
             raise ValueError(f"Last-Event-ID must be a seq id (digits), not {last_event_id!r}")
         return int(text)
     if starting_after is None:
         return 0
-    if isinstance(starting_after, bool) or not isinstance(starting_after, int) or starting_after < 0:
-        raise ValueError(f"starting_after must be a non-negative int, not {starting_after!r}")
+    if (
+        isinstance(starting_after, bool)
+        or not isinstance(starting_after, int)
+        or not 0 <= starting_after <= MAX_CURSOR
+    ):
+        raise ValueError(f"starting_after must be an int from 0 to 2**63-1, not {starting_after!r}")
     return starting_after
 
 
 class _Follow:
     """One read's progress: the cursor, the clocks, and what entries mean."""
 
-    def __init__(self, reader: "StreamReader", run_id: str, cursor: int) -> None:
+    def __init__(
+        self,
+        reader: "StreamReader",
+        run_id: str,
+        cursor: int,
+        *,
+        stamp_ids: bool = True,
+        idle_timeout: float | None = None,
+        missing_timeout: float | None = None,
+    ) -> None:
         self.codec = reader._module
         self.run_id = run_id
         self.cursor = cursor
-        self.idle_timeout = reader.idle_timeout
+        self.stamp_ids = stamp_ids
+        self.idle_timeout = reader.idle_timeout if idle_timeout is None else float(idle_timeout)
         self.ping_interval = reader.ping_interval
         self.retry_timeout = reader.retry_timeout
         now = time.monotonic()
-        self.missing_deadline = now + reader.missing_timeout
+        missing = reader.missing_timeout if missing_timeout is None else float(missing_timeout)
+        self.missing_deadline = now + missing
         self.last_entry = now
         self.last_sent = now
         self.finished = False
@@ -78,7 +94,7 @@ class _Follow:
             self.cursor = seq
             if data:
                 patched = self.codec.patch_nulls(data, self.run_id, seq)
-                out.append(self.codec.set_event_id(patched, str(seq)))
+                out.append(self.codec.set_event_id(patched, str(seq)) if self.stamp_ids else patched)
             if complete:
                 self.finished = True
                 break
@@ -86,7 +102,9 @@ class _Follow:
             self.last_sent = now
         if self.finished:
             return out
-        if state == "done":
+        if state == "pending":
+            self.last_entry = now  # the idle clock starts once Redis has answered
+        elif state == "done":
             self.finished = True
         elif state == "down":
             raise RedisUnavailable(f"run {self.run_id!r}: Redis unreachable for {self.retry_timeout}s")
@@ -94,7 +112,7 @@ class _Follow:
             raise StreamNotFound(f"run {self.run_id!r}: its stream expired or was deleted while being read")
         elif state == "missing" and now >= self.missing_deadline:
             raise StreamNotFound(f"run {self.run_id!r}: no stream appeared within the missing timeout")
-        elif state != "missing" and now - self.last_entry >= self.idle_timeout:
+        elif state == "ok" and now - self.last_entry >= self.idle_timeout:
             raise StreamStalled(
                 f"run {self.run_id!r}: no new chunk for {self.idle_timeout}s (is its writer gone?)"
             )
@@ -108,6 +126,8 @@ class _Follow:
         now = time.monotonic()
         if state == "missing":
             left = self.missing_deadline - now
+        elif state == "pending":  # not reached Redis yet: the hub says when it gives up
+            left = self.retry_timeout
         else:
             left = self.last_entry + self.idle_timeout - now
         if self.ping_interval is not None:
@@ -161,6 +181,7 @@ class StreamReader:
         )
         self._hub: Any = None
         self._hub_pid = -1
+        self._hub_lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -172,21 +193,47 @@ class StreamReader:
         if self._closed:
             raise SSERedisError(f"this {type(self).__name__} is closed")
         if self._hub_pid != os.getpid():
-            if self._hub is not None:
-                _FORKED_AWAY.append(self._hub)  # the parent's: never touched after fork
-            self._hub = self._module.ReaderHub(self._url, **self._hub_options)
-            self._hub_pid = os.getpid()
+            with self._hub_lock:  # first reads racing from many threads build one hub
+                if self._hub_pid != os.getpid():
+                    if self._hub is not None:
+                        _FORKED_AWAY.append(self._hub)  # the parent's: never touched after fork
+                    self._hub = self._module.ReaderHub(self._url, **self._hub_options)
+                    self._hub_pid = os.getpid()
         return self._hub
 
     def read(
-        self, run_id: str, starting_after: int | None = None, *, last_event_id: str | None = None
+        self,
+        run_id: str,
+        starting_after: int | None = None,
+        *,
+        last_event_id: str | None = None,
+        stamp_ids: bool = True,
+        idle_timeout: float | None = None,
+        missing_timeout: float | None = None,
     ) -> Iterator[str]:
-        """The run's chunks after the cursor (``id:`` set, nulls patched), then
-        stop after its terminal chunk.  Raises ``StreamNotFound``,
-        ``StreamStalled`` or ``StreamTrimmed`` instead of waiting forever."""
-        key = self._key(run_id)
+        """The run's chunks after the cursor, nulls patched and ``id: <seq>``
+        set (unless ``stamp_ids=False``), ending after its terminal chunk.
+        Raises ``StreamNotFound``, ``StreamStalled``, ``StreamTrimmed`` or
+        ``RedisUnavailable`` instead of waiting forever; the timeouts default
+        to the reader's."""
+        return self._read(self._key(run_id), self._follow(run_id, starting_after, last_event_id, stamp_ids,
+                                                          idle_timeout, missing_timeout))
+
+    def _follow(
+        self,
+        run_id: str,
+        starting_after: int | None,
+        last_event_id: str | None,
+        stamp_ids: bool,
+        idle_timeout: float | None,
+        missing_timeout: float | None,
+    ) -> _Follow:
+        for name, value in (("idle_timeout", idle_timeout), ("missing_timeout", missing_timeout)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{name} must be a number >= 0, not {value!r}")
         cursor = cursor_of(starting_after, last_event_id)
-        return self._read(key, _Follow(self, run_id, cursor))
+        return _Follow(self, run_id, cursor, stamp_ids=stamp_ids, idle_timeout=idle_timeout,
+                       missing_timeout=missing_timeout)
 
     def _read(self, key: str, follow: _Follow) -> Iterator[str]:
         hub = self.hub
@@ -243,11 +290,23 @@ class _LoopWaker:
         self.waiting[sid] = future
         return future
 
-    def close(self) -> None:
-        self.loop.remove_reader(self._recv.fileno())
+    def wake_all(self) -> None:
+        """Wake every read of this loop (they then find the hub closed)."""
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_result(None)
+        self.waiting.clear()
+
+    def release(self) -> None:
+        """Unregister from the hub and close the sockets (the loop is gone or done with us)."""
         self.hub.remove_waker(self.id)
         self._recv.close()
         self._send.close()
+
+    def close(self) -> None:
+        self.wake_all()
+        self.loop.remove_reader(self._recv.fileno())
+        self.release()
 
 
 class AsyncStreamReader:
@@ -260,9 +319,7 @@ class AsyncStreamReader:
 
     def __init__(self, redis: Any = "redis://127.0.0.1:6379/0", **options: Any) -> None:
         self.sync = StreamReader(redis, **options)
-        self._wakers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker]" = (
-            weakref.WeakKeyDictionary()
-        )
+        self._wakers: dict[asyncio.AbstractEventLoop, _LoopWaker] = {}
 
     def __repr__(self) -> str:
         return f"Async{self.sync!r}"
@@ -275,15 +332,26 @@ class AsyncStreamReader:
         loop = asyncio.get_running_loop()
         waker = self._wakers.get(loop)
         if waker is None or waker.hub is not self.sync.hub:
+            for old_loop, old in list(self._wakers.items()):
+                if old_loop.is_closed():  # asyncio.run() ended that loop: free its sockets
+                    old.release()
+                    del self._wakers[old_loop]
             waker = self._wakers[loop] = _LoopWaker(self.sync.hub, loop)
         return waker
 
     def read(
-        self, run_id: str, starting_after: int | None = None, *, last_event_id: str | None = None
+        self,
+        run_id: str,
+        starting_after: int | None = None,
+        *,
+        last_event_id: str | None = None,
+        stamp_ids: bool = True,
+        idle_timeout: float | None = None,
+        missing_timeout: float | None = None,
     ) -> AsyncIterator[str]:
-        key = self.sync._key(run_id)
-        cursor = cursor_of(starting_after, last_event_id)
-        return self._read(key, _Follow(self.sync, run_id, cursor))
+        """As ``StreamReader.read``, for ``async for``."""
+        follow = self.sync._follow(run_id, starting_after, last_event_id, stamp_ids, idle_timeout, missing_timeout)
+        return self._read(self.sync._key(run_id), follow)
 
     async def _read(self, key: str, follow: _Follow) -> AsyncIterator[str]:
         waker = self._waker()
@@ -294,7 +362,7 @@ class AsyncStreamReader:
             while not follow.finished:
                 ready = waker.arm(sid)
                 entries, state = hub.poll(sid)
-                if not entries and state in ("ok", "missing"):
+                if not entries and state in ("ok", "missing", "pending"):
                     await _wait(ready, follow.timeout(state))
                     entries, state = hub.poll(sid)
                 for chunk in follow.chunks(entries, state):
@@ -304,11 +372,20 @@ class AsyncStreamReader:
             hub.unsubscribe(sid)
 
     def close(self) -> None:
-        for waker in list(self._wakers.values()):
-            if not waker.loop.is_closed():
-                waker.close()
-        self._wakers.clear()
+        """Stop the hub; reads still running end with ``SSERedisError``."""
         self.sync.close()
+        for waker in list(self._wakers.values()):
+            if waker.loop.is_closed():
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is waker.loop:
+                waker.close()
+            else:
+                waker.loop.call_soon_threadsafe(waker.close)
+        self._wakers.clear()
 
 
 async def _wait(future: "asyncio.Future[None]", timeout: float) -> None:

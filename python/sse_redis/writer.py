@@ -12,6 +12,7 @@ import atexit
 import json
 import logging
 import os
+import threading
 import weakref
 from typing import Any
 
@@ -83,6 +84,7 @@ class StreamWriter:
         )
         self._engine: Any = None
         self._engine_pid = -1
+        self._engine_lock = threading.Lock()
         self._closed = False
         _open_writers.add(self)
 
@@ -95,12 +97,14 @@ class StreamWriter:
         if self._closed:
             raise SSERedisError("this StreamWriter is closed")
         if self._engine_pid != os.getpid():
-            if self._engine is not None:
-                # The parent's engine: its threads did not survive the fork and
-                # its lock may be held, so it is never touched (nor dropped) here.
-                _FORKED_AWAY.append(self._engine)
-            self._engine = self._module.WriterEngine(self._url, **self._options)
-            self._engine_pid = os.getpid()
+            with self._engine_lock:  # first writes racing from many threads build one engine
+                if self._engine_pid != os.getpid():
+                    if self._engine is not None:
+                        # The parent's engine: its threads did not survive the fork and
+                        # its lock may be held, so it is never touched (nor dropped) here.
+                        _FORKED_AWAY.append(self._engine)
+                    self._engine = self._module.WriterEngine(self._url, **self._options)
+                    self._engine_pid = os.getpid()
         return self._engine
 
     def prepare(self, run_id: str, chunk: str, terminal: bool | None = None) -> tuple[str, bool]:

@@ -24,6 +24,7 @@ const SHORT_BLOCK_MS: u64 = 250;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Status {
+    Pending,
     Ok,
     Missing,
     Done,
@@ -34,6 +35,7 @@ pub enum Status {
 impl Status {
     pub fn name(self) -> &'static str {
         match self {
+            Status::Pending => "pending",
             Status::Ok => "ok",
             Status::Missing => "missing",
             Status::Done => "done",
@@ -165,7 +167,7 @@ impl Inner {
         }
         sub.last = newest.order;
         sub.queue.extend(fresh.into_iter().cloned());
-        if sub.status == Status::Missing {
+        if matches!(sub.status, Status::Missing | Status::Pending) {
             sub.status = Status::Ok;
         }
         signal(state, sid);
@@ -256,7 +258,7 @@ impl Hub {
                 live: false,
                 fetching: false,
                 fetched_once: false,
-                status: Status::Ok,
+                status: Status::Pending, // until the first fetch has reached Redis
                 waker,
                 notified: false,
                 closed: false,
@@ -362,9 +364,10 @@ impl Hub {
             return;
         }
         state.closed = true;
-        for sub in state.subs.values_mut() {
-            sub.closed = true;
-            sub.cond.notify_all();
+        let ids: Vec<u64> = state.subs.keys().copied().collect();
+        for sid in ids {
+            state.subs.get_mut(&sid).expect("listed").closed = true;
+            signal(&mut state, sid); // wakes sync waiters and event loops alike
         }
         self.inner.changed.notify_all();
     }
@@ -468,6 +471,9 @@ fn catch_up(inner: &Inner, con: &mut Connection, sid: u64) -> Result<(), RedisEr
         return Ok(());
     }
     sub.fetched_once = true;
+    if sub.status == Status::Pending {
+        sub.status = Status::Ok;
+    }
     match top {
         Some(None) => {
             sub.status = Status::Missing;
@@ -539,7 +545,7 @@ fn run_blocker(inner: &Inner) {
     let mut next_check = Instant::now() + opts.check_interval;
     let mut delay = Duration::from_millis(10);
     loop {
-        let streams: Vec<(String, String)> = {
+        {
             let mut state = inner.lock();
             while state.watched.is_empty() && !state.closed {
                 state = inner.changed.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -547,9 +553,7 @@ fn run_blocker(inner: &Inner) {
             if state.closed {
                 return;
             }
-            state.blocking_version = state.version;
-            state.watched.iter().map(|(k, l)| (k.clone(), format!("{}-{}", l.0, l.1))).collect()
-        };
+        }
         let result = (|| -> Result<(), RedisError> {
             if con.is_none() {
                 let mut c = conn::connect(&inner.client, opts.connect_timeout, None)?;
@@ -557,6 +561,16 @@ fn run_blocker(inner: &Inner) {
                 con = Some(c);
             }
             let c = con.as_mut().expect("connected above");
+            // The watch set is read only now, after connecting: a key added while
+            // the blocker's id was still unknown (so no one could unblock it) is in.
+            let streams: Vec<(String, String)> = {
+                let mut state = inner.lock();
+                state.blocking_version = state.version;
+                state.watched.iter().map(|(k, l)| (k.clone(), format!("{}-{}", l.0, l.1))).collect()
+            };
+            if streams.is_empty() {
+                return Ok(());
+            }
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT").arg(XREAD_COUNT).arg("BLOCK").arg(block_time(inner)).arg("STREAMS");
             for (key, _) in &streams {

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from ..errors import SSERedisError
 
 # Subscription states a poll reports.
-OK, MISSING, DONE, GONE, DOWN = "ok", "missing", "done", "gone", "down"
+PENDING, OK, MISSING, DONE, GONE, DOWN = "pending", "ok", "missing", "done", "gone", "down"
 LINK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 XREAD_COUNT = 1000
 SHORT_BLOCK_MS = 250  # without CLIENT UNBLOCK a new key waits at most this long
@@ -67,7 +67,7 @@ class _Sub:
         self.live = False  # fed by the blocker (else by the fetcher)
         self.fetching = False  # queued for the fetcher
         self.fetched_once = False
-        self.status = OK
+        self.status = PENDING  # until the first fetch has reached Redis
         self.waker = waker
         self.notified = False
         self.cond = threading.Condition(lock)
@@ -241,15 +241,8 @@ class ReaderHub:
             self._closed = True
             for sub in self._subs.values():
                 sub.closed = True
-                sub.cond.notify_all()
-            self._changed.notify_all()
-            blocker_id = self._blocker_client_id
-        if blocker_id is not None and self._can_unblock:
-            try:
-                self._query.client_unblock(blocker_id)
-            except Exception:
-                pass
-        self._query.close()
+                self._signal(sub)  # wakes sync waiters and event loops alike
+            self._changed.notify_all()  # the fetcher lets the blocker go, then leaves
 
     def _check_open(self) -> None:
         if self._closed:
@@ -287,7 +280,7 @@ class ReaderHub:
             return False
         sub.queue.extend(fresh)
         sub.last = parse_id(fresh[-1][0])
-        if sub.status == MISSING:
+        if sub.status in (MISSING, PENDING):
             sub.status = OK
         self._signal(sub)
         return True
@@ -300,7 +293,7 @@ class ReaderHub:
                 while not self._fetch_queue and not self._unblock_wanted and not self._closed:
                     self._changed.wait()
                 if self._closed:
-                    return
+                    break
                 unblock = self._unblock_wanted
                 sub = self._fetch_queue.popleft() if self._fetch_queue else None
             try:
@@ -325,6 +318,16 @@ class ReaderHub:
                         self._signal(sub)
                 del exc
 
+        # Let a blocked XREAD go now rather than at its timeout.
+        with self._lock:
+            blocker_id, can = self._blocker_client_id, self._can_unblock
+        try:
+            if blocker_id is not None and can:
+                self._query.client_unblock(blocker_id)
+        except redis.RedisError:
+            pass
+        self._query.close()
+
     def _catch_up(self, sub: _Sub) -> None:
         with self._lock:
             room = self._queue_size - len(sub.queue)
@@ -342,6 +345,8 @@ class ReaderHub:
             if sub.closed:
                 return
             sub.fetched_once = True
+            if sub.status == PENDING:
+                sub.status = OK
             if first and not raw:
                 if top is None:
                     sub.status = MISSING
@@ -399,12 +404,18 @@ class ReaderHub:
                     self._changed.wait()
                 if self._closed:
                     break
-                streams = {key: "{}-{}".format(*last) for key, last in self._watched.items()}
-                self._blocking_version = self._version
             try:
                 if client is None:
                     client = self._connect(None, dedicated=True)
                     self._learn_unblock(client)
+                # The watch set is read only now, after connecting: a key added
+                # while the blocker's id was still unknown (so that no one could
+                # unblock it) is in this XREAD.
+                with self._lock:
+                    streams = {key: "{}-{}".format(*last) for key, last in self._watched.items()}
+                    self._blocking_version = self._version
+                if not streams:
+                    continue
                 reply = client.xread(streams, count=XREAD_COUNT, block=self._block_time())
                 self._count("xreads")
                 if reply:
@@ -438,7 +449,7 @@ class ReaderHub:
         """Learn the blocker's client id and whether this user may CLIENT UNBLOCK."""
         client_id = client.client_id()
         try:
-            self._query.client_unblock(0)  # no such client: a no-op when permitted
+            client.client_unblock(0)  # no such client: a no-op when permitted
             can = True
         except redis.ResponseError:
             can = False  # NOPERM: a least-privilege user; fall back to short blocks

@@ -1,0 +1,262 @@
+"""The ``sse-redis`` command: as a subprocess (``python -m sse_redis``), the
+way users run it, and in-process through ``sse_redis.cli.main`` where that
+is enough.  Errors must be one line on stderr (a traceback only with
+``--debug``); the demo must report nothing lost or repeated."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from sse_redis import StreamWriter, __version__, cli
+from sse_redis._pure import SSEParser
+
+SUBCOMMANDS = ["demo", "tail", "bench", "serve"]
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+FAST_DEMO = ["--chunks", "60", "--token-delay", "0.001"]
+
+
+def sse_redis(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sse_redis", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_line_error(stderr: str, command: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line of error, got:\n{stderr}"
+    assert lines[0].startswith(f"sse-redis {command}: error: "), lines[0]
+    return lines[0]
+
+
+def payload(i: int) -> str:
+    return f'data: {{"i":{i},"run_id":null,"seq_id":null}}\n\n'
+
+
+def completed_run(url: str, n: int) -> str:
+    """A run of ``payload(1..n)`` and ``[DONE]`` (seq ``n + 1``)."""
+    run = f"cli-{uuid.uuid4().hex}"
+    with StreamWriter(url) as writer:
+        for i in range(1, n + 1):
+            writer.write(run, payload(i))
+        writer.complete(run)
+    return run
+
+
+def check_tail(out: str, run: str, after: int, last: int) -> None:
+    events = SSEParser().feed(out)
+    assert [int(e.id) for e in events] == list(range(after + 1, last + 1)), out[:300]
+    for event in events[:-1]:
+        assert f'"run_id":"{run}"' in event.data
+    assert events[-1].data == "[DONE]"
+    assert out.count("id: ") == last - after
+
+
+# ----------------------------------------------------------------- help and version
+
+
+def test_top_level_help_subprocess():
+    result = sse_redis("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: sse-redis")
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+    assert "--debug" in result.stdout and "--version" in result.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: sse-redis {command}")
+    assert "--redis-url" in out and "--backend" in out
+
+
+def test_subcommand_help_subprocess():
+    result = sse_redis("tail", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: sse-redis tail")
+    for option in ("--starting-after", "--idle-timeout", "--missing-timeout"):
+        assert option in result.stdout
+
+
+def test_no_command_is_a_usage_error():
+    result = sse_redis()
+    assert result.returncode == 2
+    assert "usage: sse-redis" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--backend", "cobol"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.strip().startswith(f"sse-redis {__version__} (")
+    assert re.search(r"\((rust|python) backend\)", out)
+    result = sse_redis("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == out.strip()
+
+
+# ----------------------------------------------------------------- demo
+
+
+def check_demo(result: subprocess.CompletedProcess[str], backend: str | None = None) -> dict[str, str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    fields = {}
+    for line in result.stdout.splitlines():
+        match = re.match(r"^(backend|run|chunks written|chunks read|lost|duplicated|latency p50|latency p99|throughput)\s{2,}(.*)$", line)
+        if match:
+            fields[match.group(1)] = match.group(2)
+    for name in ("backend", "chunks written", "chunks read", "lost", "duplicated", "latency p50", "latency p99"):
+        assert name in fields, f"no {name!r} line in:\n{result.stdout}"
+    if backend is not None:
+        assert fields["backend"] == backend
+    else:
+        assert fields["backend"] in ("rust", "python")
+    assert fields["chunks written"] == "60"
+    assert fields["chunks read"].split()[0] == "60"
+    assert fields["lost"] == "0"
+    assert fields["duplicated"] == "0"
+    for name in ("latency p50", "latency p99"):
+        assert re.match(r"^\d+\.\d+ ms", fields[name]), fields[name]
+    assert "resum" in result.stdout  # the reader dropped and resumed
+    return fields
+
+
+def test_demo_embedded_valkey():
+    result = sse_redis("demo", *FAST_DEMO)
+    fields = check_demo(result)
+    assert "embedded Valkey" in result.stdout
+    assert "(completed)" in fields["run"]
+
+
+def test_demo_python_backend():
+    check_demo(sse_redis("demo", "--backend", "python", *FAST_DEMO), backend="python")
+
+
+def test_demo_on_a_given_redis(redis_url, backend):
+    check_demo(sse_redis("demo", "--redis-url", redis_url, "--backend", backend, *FAST_DEMO), backend=backend)
+
+
+# ----------------------------------------------------------------- tail
+
+
+def test_tail_completed_run_subprocess(redis_url):
+    run = completed_run(redis_url, 12)
+    result = sse_redis("tail", run, "--redis-url", redis_url, "--starting-after", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    check_tail(result.stdout, run, 5, 13)
+
+
+def test_tail_whole_run_in_process(redis_url, backend, capsys):
+    run = completed_run(redis_url, 7)
+    assert cli.main(["tail", run, "--redis-url", redis_url, "--backend", backend]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    check_tail(captured.out, run, 0, 8)
+    # At the end of a finished run: nothing, and success.
+    assert cli.main(["tail", run, "--redis-url", redis_url, "--backend", backend, "--starting-after", "8"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_tail_missing_run_is_one_line(redis_url):
+    started = time.monotonic()
+    result = sse_redis("tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url, "--missing-timeout", "0.3")
+    assert result.returncode != 0
+    line = assert_one_line_error(result.stderr, "tail")
+    assert "cli-missing-" in line
+    assert result.stdout == ""
+    assert time.monotonic() - started < 15
+
+
+def test_tail_missing_run_in_process(redis_url, backend, capsys):
+    code = cli.main(["tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url,
+                     "--backend", backend, "--missing-timeout", "0.3"])
+    assert code != 0
+    assert_one_line_error(capsys.readouterr().err, "tail")
+
+
+def test_debug_shows_the_traceback(redis_url):
+    result = sse_redis("--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url,
+                       "--missing-timeout", "0.3")
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "StreamNotFound" in result.stderr
+
+
+def test_debug_in_process_raises(redis_url):
+    from sse_redis.errors import StreamNotFound
+
+    with pytest.raises(StreamNotFound):
+        cli.main(["--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url,
+                  "--missing-timeout", "0.3"])
+
+
+def test_tail_bad_run_id_is_one_line():
+    result = sse_redis("tail", "bad{run}", "--redis-url", UNREACHABLE)
+    assert result.returncode != 0
+    assert_one_line_error(result.stderr, "tail")
+
+
+def test_tail_unreachable_redis_is_one_line():
+    """--retry-timeout bounds how long an unreachable Redis is retried; the
+    error names Redis, not the writer."""
+    result = sse_redis("tail", "cli-nowhere", "--redis-url", UNREACHABLE,
+                       "--missing-timeout", "0.3", "--idle-timeout", "600", "--retry-timeout", "1")
+    assert result.returncode != 0
+    line = assert_one_line_error(result.stderr, "tail")
+    assert "unreachable" in line
+    assert result.stdout == ""
+
+
+def test_demo_unreachable_redis_is_one_line():
+    result = sse_redis("demo", "--redis-url", UNREACHABLE)
+    assert result.returncode != 0
+    line = assert_one_line_error(result.stderr, "demo")
+    assert "cannot reach Redis" in line
+
+
+# ----------------------------------------------------------------- bench
+
+
+def test_bench_never_tracebacks(monkeypatch, capsys):
+    """Without ``sse_redis.bench``: a one-line error.  With it: a failure of the
+    benchmarks (forced here, so they never run in this suite) is one line too."""
+    if importlib.util.find_spec("sse_redis.bench") is None:
+        result = sse_redis("bench", "--redis-url", UNREACHABLE)
+        assert result.returncode != 0
+        line = assert_one_line_error(result.stderr, "bench")
+        assert "not available" in line
+        assert cli.main(["bench", "--redis-url", UNREACHABLE]) != 0
+        assert_one_line_error(capsys.readouterr().err, "bench")
+    else:
+        import sse_redis.bench as bench
+
+        def broken(*args: Any, **kwargs: Any) -> int:
+            raise RuntimeError("benchmarks exploded")
+
+        monkeypatch.setattr(bench, "run_benchmarks", broken)
+        assert cli.main(["bench", "--redis-url", UNREACHABLE]) != 0
+        line = assert_one_line_error(capsys.readouterr().err, "bench")
+        assert "benchmarks exploded" in line
