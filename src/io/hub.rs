@@ -389,7 +389,7 @@ fn run_fetcher(inner: &Inner) {
     let opts = &inner.opts;
     let mut con: Option<Connection> = None;
     loop {
-        let (unblock, sid) = {
+        let sid = {
             let mut state = inner.lock();
             while state.fetch_queue.is_empty() && !state.unblock_wanted && !state.closed {
                 state = inner.changed.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -397,18 +397,24 @@ fn run_fetcher(inner: &Inner) {
             if state.closed {
                 break;
             }
-            (state.unblock_wanted, state.fetch_queue.pop_front())
+            state.fetch_queue.pop_front()
         };
         let result = (|| -> Result<(), RedisError> {
             if con.is_none() {
                 con = Some(conn::connect(&inner.client, opts.connect_timeout, Some(opts.socket_timeout))?);
             }
             let c = con.as_mut().expect("connected above");
-            if unblock {
-                unblock_blocker(inner, c)?;
-            }
             if let Some(sid) = sid {
                 catch_up(inner, c, sid)?;
+            }
+            // Catch-ups first, then one unblock for all the keys they added
+            // (an unblock per key would re-send a growing XREAD each time).
+            let unblock = {
+                let state = inner.lock();
+                state.unblock_wanted && state.fetch_queue.is_empty()
+            };
+            if unblock {
+                unblock_blocker(inner, c)?;
             }
             Ok(())
         })();
@@ -489,6 +495,9 @@ fn catch_up(inner: &Inner, con: &mut Connection, sid: u64) -> Result<(), RedisEr
     if !inner.push(&mut state, sid, &raw) {
         return Ok(()); // fetched no more than the room: never happens, never overfills
     }
+    if raw.iter().any(|e| e.complete) {
+        return Ok(()); // the terminal entry is queued: the read ends, nothing to watch
+    }
     if raw.len() == count {
         inner.queue_fetch(&mut state, sid); // more to read, when there is room
         return Ok(());
@@ -514,7 +523,9 @@ fn unblock_blocker(inner: &Inner, con: &mut Connection) -> Result<(), RedisError
     loop {
         let (client_id, can) = {
             let mut state = inner.lock();
-            if state.blocking_version >= state.version || state.closed {
+            // Nothing to do when the blocker covers the keys already, or is
+            // parked (no keys: it re-reads them when woken).
+            if state.blocking_version >= state.version || state.closed || state.watched.is_empty() {
                 state.unblock_wanted = false;
                 return Ok(());
             }

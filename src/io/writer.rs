@@ -19,8 +19,10 @@ use super::conn;
 use super::entries::parse_range;
 
 const APPEND_SCRIPT: &str = include_str!("../../python/sse_redis/append.lua");
-/// Bound on chunks per pipeline, so one round trip stays short.
+/// Bounds on chunks per pipeline and per script call, so that one round trip,
+/// and one script's time on the server, stay short.
 const MAX_PIPELINE_CHUNKS: usize = 2048;
+const MAX_CALL_CHUNKS: usize = 512;
 
 #[derive(Clone, Debug)]
 pub enum WriteError {
@@ -457,6 +459,7 @@ impl Sender {
         }
     }
 
+    /// One script call per group of batches; one reply per batch.
     fn pipeline(&mut self, batches: &[Batch]) -> RedisResult<Vec<RedisResult<Value>>> {
         if self.con.is_none() {
             let opts = &self.shared.opts;
@@ -470,20 +473,20 @@ impl Sender {
         let opts = &self.shared.opts;
         let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
         let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
+        let groups = groups(batches);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for batch in batches {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(1)
-                .arg(&batch.key)
-                .arg(&self.shared.writer_id)
-                .arg(batch.chunks[0].seq)
-                .arg(&max_len)
-                .arg(&ttl);
-            for chunk in &batch.chunks {
-                cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
+        for group in &groups {
+            let cmd = pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(group.len());
+            for batch in *group {
+                cmd.arg(&batch.key);
+            }
+            cmd.arg(&self.shared.writer_id).arg(&max_len).arg(&ttl);
+            for batch in *group {
+                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len());
+                for chunk in &batch.chunks {
+                    cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
+                }
             }
         }
         self.shared.lock().stats.pipelines += 1;
@@ -492,8 +495,34 @@ impl Sender {
             self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH)
             return self.pipeline(batches);
         }
-        Ok(replies)
+        // A call's reply holds one reply per batch; a whole call failing fails each of them.
+        let mut per_batch = Vec::with_capacity(batches.len());
+        for (group, reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(Value::Array(items)) if items.len() == group.len() => per_batch.extend(items.into_iter().map(Ok)),
+                Ok(other) => per_batch.extend(group.iter().map(|_| Ok(other.clone()))),
+                Err(e) => per_batch.extend(group.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        Ok(per_batch)
     }
+}
+
+/// Consecutive batches, cut into script calls of at most `MAX_CALL_CHUNKS` chunks.
+fn groups(batches: &[Batch]) -> Vec<&[Batch]> {
+    let mut groups = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, batch) in batches.iter().enumerate() {
+        if i > start && size + batch.chunks.len() > MAX_CALL_CHUNKS {
+            groups.push(&batches[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += batch.chunks.len();
+    }
+    if start < batches.len() {
+        groups.push(&batches[start..]);
+    }
+    groups
 }
 
 /// Everything ready, as per-run batches of `flush_size`.
@@ -540,6 +569,7 @@ fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
     let expected = batch.chunks[0].seq - 1;
     match status.as_str() {
         "ok" | "dup" => Outcome::Stored,
+        "wrongtype" => Outcome::Failed(WriteError::Redis(format!("{key:?} holds a value that is not a stream"))),
         "closed" if batch.chunks.len() == 1 && batch.chunks[0].complete => Outcome::AlreadyComplete,
         "closed" => Outcome::Failed(WriteError::Closed(format!(
             "run stream {key:?} was completed by another writer at seq {top}"

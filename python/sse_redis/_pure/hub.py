@@ -294,13 +294,16 @@ class ReaderHub:
                     self._changed.wait()
                 if self._closed:
                     break
-                unblock = self._unblock_wanted
                 sub = self._fetch_queue.popleft() if self._fetch_queue else None
             try:
-                if unblock:
-                    self._unblock()
                 if sub is not None:
                     self._catch_up(sub)
+                # Catch-ups first, then one unblock for all the keys they added
+                # (an unblock per key would re-send a growing XREAD each time).
+                with self._lock:
+                    unblock = self._unblock_wanted and not self._fetch_queue
+                if unblock:
+                    self._unblock()
                 self._link_ok()
             except LINK_ERRORS:
                 self._count("reconnects")
@@ -355,8 +358,11 @@ class ReaderHub:
                     sub.status = DONE  # complete, and the cursor is at or past its end
                     self._signal(sub)
                     return
-            if not self._push(sub, [to_entry(i, f) for i, f in raw]):
+            entries = [to_entry(i, f) for i, f in raw]
+            if not self._push(sub, entries):
                 return  # cannot happen (fetched no more than the room), but never overfill
+            if any(entry[3] for entry in entries):
+                return  # the terminal entry is queued: the read ends, nothing to watch
             if len(raw) == count:
                 self._queue_fetch(sub)  # more to read, when there is room
                 return
@@ -376,7 +382,9 @@ class ReaderHub:
         deadline = time.monotonic() + 0.05
         while True:
             with self._lock:
-                if self._blocking_version >= self._version or self._closed:
+                # Nothing to do when the blocker covers the keys already, or is
+                # parked (no keys: it re-reads them when woken).
+                if self._blocking_version >= self._version or self._closed or not self._watched:
                     self._unblock_wanted = False
                     return
                 client_id, can = self._blocker_client_id, self._can_unblock

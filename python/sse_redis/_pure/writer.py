@@ -30,8 +30,10 @@ from ..errors import (
 )
 
 APPEND_SCRIPT = resources.files("sse_redis").joinpath("append.lua").read_text()
-# Bound on chunks per pipeline, so one round trip stays short.
+# Bounds on chunks per pipeline and per script call, so that one round trip,
+# and one script's time on the server, stay short.
 MAX_PIPELINE_CHUNKS = 2048
+MAX_CALL_CHUNKS = 512
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -322,16 +324,25 @@ class WriterEngine:
                 delay = min(delay * 2, 1.0)
 
     def _pipeline(self, batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
+        """One script call per group of batches; one outcome per batch."""
         if self._sha is None:
             self._sha = self._client.script_load(APPEND_SCRIPT)
+        groups = _groups(batches)
         pipe = self._client.pipeline(transaction=False)
-        for run, chunks in batches:
-            args: list[object] = [self._writer_id, chunks[0].seq, self._max_len, self._ttl]
-            for chunk in chunks:
-                args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
-            pipe.evalsha(self._sha, 1, run.key, *args)
+        for group in groups:
+            keys = [run.key for run, _ in group]
+            args: list[object] = [self._writer_id, self._max_len, self._ttl]
+            for _, chunks in group:
+                args += (chunks[0].seq, len(chunks))
+                for chunk in chunks:
+                    args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
         self._count("pipelines")
-        return pipe.execute(raise_on_error=False)
+        outcomes: list[object] = []
+        for group, reply in zip(groups, pipe.execute(raise_on_error=False)):
+            # a whole call failing (e.g. NOSCRIPT) fails each of its batches
+            outcomes += [reply] * len(group) if isinstance(reply, BaseException) else list(reply)
+        return outcomes
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._cv:
@@ -366,6 +377,19 @@ class _AlreadyComplete(Exception):
     """A batch holding only a terminal chunk found the run already closed."""
 
 
+def _groups(batches: list[tuple[_Run, list[_Chunk]]]) -> list[list[tuple[_Run, list[_Chunk]]]]:
+    """Consecutive batches, cut into script calls of at most MAX_CALL_CHUNKS chunks."""
+    groups: list[list[tuple[_Run, list[_Chunk]]]] = []
+    size = MAX_CALL_CHUNKS
+    for batch in batches:
+        if size + len(batch[1]) > MAX_CALL_CHUNKS:
+            groups.append([])
+            size = 0
+        groups[-1].append(batch)
+        size += len(batch[1])
+    return groups
+
+
 def _is_noscript(reply: object) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError)
 
@@ -383,6 +407,8 @@ def _batch_error(key: str, chunks: list[_Chunk], outcome: object) -> BaseExcepti
         if len(chunks) == 1 and chunks[0].complete:
             return _AlreadyComplete()
         return RunClosedError(f"run stream {key!r} was completed by another writer at seq {top}")
+    if status == b"wrongtype":
+        return SSERedisError(f"{key!r} holds a value that is not a stream")
     expected = chunks[0].seq - 1
     if top == 0:
         return StaleWriterError(f"run stream {key!r} vanished (expired or deleted) after seq {expected}")
