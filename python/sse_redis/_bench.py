@@ -224,6 +224,20 @@ async def _close(obj: Any) -> None:
         await result
 
 
+async def _stop(tasks: list[asyncio.Future], reader: Any) -> None:
+    """Cancel the consumers, then close the reader.  A consumer that lost its
+    cancellation (redis-py sometimes swallows one) gets it again once the
+    reader is closed."""
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=5)
+    await _close(reader)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5)
+
+
 def delivery_latency(
     writer: Any,
     reader: Any,
@@ -368,10 +382,7 @@ def idle_cost(
         await asyncio.sleep(window)
         calls1, cpu1, own1, t1 = probe.command_calls(), probe.cpu_seconds(), time.process_time(), time.perf_counter()
         connections = probe.new_clients(baseline)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await _close(reader)
+        await _stop(tasks, reader)
         span = t1 - t0
         return {
             "readers": len(run_ids),
