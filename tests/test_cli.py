@@ -260,3 +260,16 @@ def test_bench_never_tracebacks(monkeypatch, capsys):
         assert cli.main(["bench", "--redis-url", UNREACHABLE]) != 0
         line = assert_one_line_error(capsys.readouterr().err, "bench")
         assert "benchmarks exploded" in line
+
+
+def test_bench_quick_prints_a_table_and_plots(redis_url, tmp_path):
+    """The benchmarks the CLI ships run end to end (quick sizes) on a given server."""
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "bench.png"
+    result = sse_redis("bench", "--quick", "--redis-url", redis_url, "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| measure |") and "rust" in lines[0] and "python" in lines[0]
+    measures = {line.split("|")[1].strip() for line in lines[2:] if line.startswith("|")}
+    assert {"writer, 100 runs round robin (chunks/s)", "reader connections"} <= measures
+    assert plot.stat().st_size > 10_000

@@ -1,0 +1,173 @@
+"""``sse-redis bench``: the codec, writer and reader benchmarks, Rust vs the
+pure twin, side by side on one server, with a progress bar and a table
+(``--plot FILE.png`` also draws them; matplotlib is the ``[plot]`` extra).
+
+The measurements are ``_bench.py``'s, the same code ``benches/`` runs under
+pytest-benchmark; this is the quick way to see them on your own machine.
+"""
+
+from __future__ import annotations
+
+import sys
+import timeit
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import _backend
+from ._bench import ServerProbe, delivery_latency, percentiles, write_latency, writer_throughput
+from ._corpus import llm_run_chunks
+from .reader import AsyncStreamReader
+from .writer import StreamWriter
+
+
+@dataclass
+class Results:
+    backends: list[str]
+    rows: dict[str, dict[str, str]] = field(default_factory=dict)  # measure -> backend -> cell
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)  # backend -> delivery latencies
+    throughput: dict[str, float] = field(default_factory=dict)  # backend -> chunks/s
+
+    def put(self, measure: str, backend: str, cell: str) -> None:
+        self.rows.setdefault(measure, {})[backend] = cell
+
+    def table(self) -> str:
+        head = "| measure | " + " | ".join(self.backends) + " |"
+        rule = "|---|" + "---:|" * len(self.backends)
+        body = [
+            f"| {measure} | " + " | ".join(cells.get(b, "-") for b in self.backends) + " |"
+            for measure, cells in self.rows.items()
+        ]
+        return "\n".join([head, rule, *body])
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when it is not a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        filled = int(24 * self.done / self.total)
+        bar = "#" * filled + "." * (24 - filled)
+        line = f"[{bar}] {self.done}/{self.total} {label}"
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _codec_us(backend: str, corpus: list[str]) -> float:
+    codec = _backend.module(backend)
+    is_terminal, sniff, patch, stamp = codec.is_terminal, codec.sniff_stop_reason, codec.patch_nulls, codec.set_event_id
+
+    def per_corpus() -> None:
+        for seq, chunk in enumerate(corpus):
+            is_terminal(chunk)
+            sniff(chunk)
+            stamp(patch(chunk, "run-bench", seq), str(seq))
+
+    return min(timeit.repeat(per_corpus, number=1, repeat=5)) / len(corpus) * 1e6
+
+
+def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) -> int:
+    backends = ["rust", "python"] if _backend._core is not None else ["python"]
+    scale = 0.2 if quick else 1.0
+    corpus = llm_run_chunks(2000 if quick else 10_000)
+    chunk = min(corpus[:-3], key=lambda c: abs(len(c) - 300))
+    results = Results(backends)
+    steps: list[tuple[str, Callable[[str], None]]] = []
+    probe = ServerProbe(url)
+
+    def codec(backend: str) -> None:
+        results.put("codec, 4 calls per chunk (us)", backend, f"{_codec_us(backend, corpus):.2f}")
+
+    def throughput(backend: str) -> None:
+        runs = [f"bench-{uuid.uuid4().hex[:8]}-{i}" for i in range(100)]
+        with StreamWriter(url, backend=backend, max_len=None) as writer:
+            per_run = max(20, int(1000 * scale))
+            seconds = writer_throughput(writer, runs, [chunk] * per_run)
+            for run in runs:
+                writer.delete(run)
+        rate = len(runs) * per_run / seconds
+        results.throughput[backend] = rate
+        results.put("writer, 100 runs round robin (chunks/s)", backend, f"{rate:,.0f}")
+
+    def latency(backend: str) -> None:
+        run = f"bench-{uuid.uuid4().hex[:8]}"
+        with StreamWriter(url, backend=backend) as writer:
+            samples = write_latency(writer, url, run, f"sse:run:{run}", chunk, samples=int(300 * scale) + 20)
+            writer.delete(run)
+        p = percentiles([s * 1000 for s in samples])
+        results.put("write -> stored p50 / p99 (ms)", backend, f"{p['p50']:.3f} / {p['p99']:.3f}")
+
+    def delivery(backend: str) -> None:
+        runs = [f"bench-{uuid.uuid4().hex[:8]}-{i}" for i in range(100)]
+        with StreamWriter(url, backend=backend) as writer:
+            reader = AsyncStreamReader(url, backend=backend)
+            got = delivery_latency(writer, reader, runs, chunk, probe, duration=3.0 * scale + 0.5)
+            for run in runs:
+                writer.delete(run)
+        ms = [s * 1000 for s in got["latencies"]]
+        results.latencies_ms[backend] = ms
+        p = percentiles(ms)
+        results.put("delivery, 100 streams x 100/s p50 / p99 (ms)", backend, f"{p['p50']:.2f} / {p['p99']:.2f}")
+        results.put("reader connections", backend, str(got["connections"]))
+        if not got["all_received"]:
+            results.put("delivery, chunks missing", backend, "YES")
+
+    for name, fn in (("codec", codec), ("writer throughput", throughput), ("write latency", latency),
+                     ("delivery latency", delivery)):
+        for backend in backends:
+            steps.append((f"{name} ({backend})", lambda b=backend, f=fn: f(b)))
+
+    progress = Progress(len(steps))
+    try:
+        for label, fn in steps:
+            progress.step(label)
+            fn()
+    finally:
+        progress.finish()
+        probe.close()
+    print(results.table())
+    if plot:
+        draw(results, plot)
+        print(f"plot written to {plot}")
+    missing = any("YES" in cells.values() for cells in results.rows.values())
+    return 1 if missing else 0
+
+
+def draw(results: Results, path: str) -> None:
+    """Delivery latency distributions and writer throughput bars, side by side."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("--plot needs matplotlib: pip install 'sse-redis[plot]'") from exc
+    colors = {"rust": "#c05a28", "python": "#3572a5"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    every = [x for ms in results.latencies_ms.values() for x in ms]
+    top = sorted(every)[int(0.999 * (len(every) - 1))] if every else 1.0  # leave far outliers out of view
+    bins = [top * i / 80 for i in range(81)]
+    for backend, ms in results.latencies_ms.items():
+        left.hist(ms, bins=bins, alpha=0.6, label=backend, color=colors.get(backend))
+    left.set_xlabel("write -> reader yields (ms)")
+    left.set_ylabel("chunks")
+    left.set_title("Delivery latency, 100 streams x 100 chunks/s")
+    left.legend()
+    names = list(results.throughput)
+    bars: Any = right.bar(names, [results.throughput[n] for n in names], color=[colors.get(n) for n in names])
+    right.bar_label(bars, fmt="{:,.0f}")
+    right.set_ylabel("chunks/s")
+    right.set_title("Writer throughput, 100 runs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
