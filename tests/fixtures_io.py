@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
+import time
 import uuid
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -23,6 +26,8 @@ from sse_redis._embedded import RedisProcess, valkey_binary
 
 __all__ = [
     "IO_BACKENDS",
+    "load_backend",
+    "wait_child",
     "backend",
     "valkey_server",
     "redis7_server",
@@ -38,19 +43,40 @@ __all__ = [
 IO_BACKENDS = ["rust", "python"]
 
 
+def load_backend(backend: str) -> ModuleType:
+    """The module behind ``backend`` (``sse_redis._core`` or ``_pure``).  A
+    missing Rust core skips its half, unless ``SSE_REDIS_REQUIRE_RUST=1`` (CI)
+    makes that a failure."""
+    if backend == "python":
+        return importlib.import_module("sse_redis._pure")
+    try:
+        return importlib.import_module("sse_redis._core")
+    except ImportError as exc:
+        reason = f"sse_redis._core is not built: {exc}"
+        if os.environ.get("SSE_REDIS_REQUIRE_RUST") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 @pytest.fixture(params=IO_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """``"rust"`` or ``"python"``: the writer engine a test drives.  A missing
-    Rust core skips its half, unless ``SSE_REDIS_REQUIRE_RUST=1`` (CI)."""
-    if request.param == "rust":
-        try:
-            importlib.import_module("sse_redis._core")
-        except ImportError as exc:
-            reason = f"sse_redis._core is not built: {exc}"
-            if os.environ.get("SSE_REDIS_REQUIRE_RUST") == "1":
-                pytest.fail(reason)
-            pytest.skip(reason)
+    """``"rust"`` or ``"python"``: the engines a test drives."""
+    load_backend(request.param)
     return request.param
+
+
+def wait_child(pid: int, timeout: float = 20.0) -> int:
+    """The exit status of a forked child; kills it and fails the test if it hangs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child did not finish within {timeout} s")
+        time.sleep(0.02)
 
 
 @pytest.fixture

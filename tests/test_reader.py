@@ -5,7 +5,7 @@ Debian's Redis 7 for the smoke subset), each test on both engines
 Fixtures ``backend``, ``redis_url``, ``any_server_url`` come from
 ``fixtures_io.py`` through ``conftest.py``.  Tests that count connections,
 create ACL users or restart the server start a Valkey of their own
-(``own_server`` below).  Every test uses fresh run ids, so all share one
+(``dedicated_server`` below).  Every test uses fresh run ids, so all share one
 server without flushing it.  Never a mock.
 
 Nothing here may hang the suite: reads run under a deadline (``collect``),
@@ -36,8 +36,9 @@ from sse_redis import (
     StreamWriter,
     _backend,
 )
-from sse_redis._embedded import RedisProcess, valkey_binary
 from sse_redis.reader import PING
+
+from fixtures_io import wait_child
 
 # ----------------------------------------------------------------- helpers
 
@@ -229,21 +230,6 @@ def client(redis_url: str) -> Iterator[redis_py.Redis]:
     c = redis_py.Redis.from_url(redis_url, decode_responses=True)
     yield c
     c.close()
-
-
-@pytest.fixture
-def own_server() -> Iterator[Callable[..., RedisProcess]]:
-    """A factory of Valkey servers of the test's own; all closed afterwards."""
-    started: list[RedisProcess] = []
-
-    def start(*extra_args: str) -> RedisProcess:
-        server = RedisProcess(valkey_binary(), extra_args=extra_args)
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.close()
 
 
 # ------------------------------------------------- completed streams, cursors
@@ -691,9 +677,9 @@ def test_reader_from_client_object_and_other_db(backend, redis_url, codec_mod):
         other.close()
 
 
-def test_unix_socket(backend, own_server, codec_mod, tmp_path):
+def test_unix_socket(backend, dedicated_server, codec_mod, tmp_path):
     path = str(tmp_path / "valkey.sock")
-    own_server("--unixsocket", path, "--unixsocketperm", "700")
+    dedicated_server("--unixsocket", path, "--unixsocketperm", "700")
     url = f"unix://{path}?db=0"
     run = new_run()
     write_run(url, backend, run, 3)
@@ -727,16 +713,7 @@ def test_fork_child_builds_its_own_hub(backend, redis_url, open_reader, codec_mo
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 20
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child's read hung")
-        time.sleep(0.02)
+    status = wait_child(pid)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     check_run(codec_mod, collect(reader.read(run, starting_after=5)), run, 5, 7)  # the parent still reads
 
@@ -843,8 +820,8 @@ def test_no_ping_by_default(backend, redis_url, open_reader):
 # ------------------------------------------------------ many readers, one hub
 
 
-def test_many_sync_readers_few_connections(backend, own_server, codec_mod):
-    server = own_server()
+def test_many_sync_readers_few_connections(backend, dedicated_server, codec_mod):
+    server = dedicated_server()
     url = server.url
     streams = [new_run() for _ in range(50)]
     inspect = redis_py.Redis.from_url(url)
@@ -886,8 +863,8 @@ def test_many_sync_readers_few_connections(backend, own_server, codec_mod):
         inspect.close()
 
 
-def test_many_async_readers_few_connections(backend, own_server, codec_mod):
-    server = own_server()
+def test_many_async_readers_few_connections(backend, dedicated_server, codec_mod):
+    server = dedicated_server()
     url = server.url
     streams = [new_run() for _ in range(50)]
     inspect = redis_py.Redis.from_url(url)
@@ -964,11 +941,11 @@ def test_new_key_joins_promptly_while_hub_starts(backend, redis_url, codec_mod):
             writer.complete(b)
 
 
-def test_concurrent_first_reads_share_one_hub(backend, own_server, codec_mod):
+def test_concurrent_first_reads_share_one_hub(backend, dedicated_server, codec_mod):
     """Threads that start the first reads of a shared StreamReader at the
     same moment must all land on its one hub (two connections), not each
     build a hub of its own that the reader then forgets."""
-    server = own_server()
+    server = dedicated_server()
     run = new_run()
     write_run(server.url, backend, run, 3, complete=False)
     inspect = redis_py.Redis.from_url(server.url)
@@ -1295,11 +1272,11 @@ def test_async_reader_on_two_event_loops(backend, redis_url, codec_mod):
 # ------------------------------------------------- least-privilege ACL user
 
 
-def test_least_privilege_user_follows_and_new_readers_join(backend, own_server, codec_mod):
+def test_least_privilege_user_follows_and_new_readers_join(backend, dedicated_server, codec_mod):
     """No @admin, so no CLIENT UNBLOCK: the hub falls back to short blocks,
     still follows live streams, and a reader joining while the hub is
     blocked gets its chunks (within the short block time)."""
-    server = own_server()
+    server = dedicated_server()
     admin = redis_py.Redis.from_url(server.url)
     try:
         admin.execute_command(
@@ -1405,12 +1382,12 @@ def xadd_explicit(client: redis_py.Redis, run: str, first: int, last: int, compl
                     id=f"0-{last + 1}")
 
 
-def test_server_restart_while_following(backend, own_server, codec_mod):
+def test_server_restart_while_following(backend, dedicated_server, codec_mod):
     """The server restarts (data kept in its AOF) while a read follows a
     run: the hub reconnects and the read gets every chunk exactly once.
     (Written with plain XADDs in sse-redis's layout, so that this tests the
     reader alone; the writer's own restart test is in test_writer.py.)"""
-    server = own_server("--appendonly", "yes", "--appendfsync", "always")
+    server = dedicated_server("--appendonly", "yes", "--appendfsync", "always")
     url = server.url
     run = new_run()
     reader = StreamReader(url, backend=backend, idle_timeout=20.0, missing_timeout=20.0)
@@ -1446,10 +1423,10 @@ def test_server_restart_while_following(backend, own_server, codec_mod):
         writer.close()
 
 
-def test_server_restart_losing_the_stream_raises_stream_not_found(backend, own_server, codec_mod):
+def test_server_restart_losing_the_stream_raises_stream_not_found(backend, dedicated_server, codec_mod):
     """No persistence: after the restart the run's stream is gone, and the
     read following it says so (StreamNotFound) instead of waiting on."""
-    server = own_server()
+    server = dedicated_server()
     run = new_run()
     client = redis_py.Redis.from_url(server.url)
     reader = StreamReader(server.url, backend=backend, check_interval=0.3, idle_timeout=30.0)
@@ -1466,12 +1443,12 @@ def test_server_restart_losing_the_stream_raises_stream_not_found(backend, own_s
         client.close()
 
 
-def test_redis_down_raises_redis_unavailable(backend, own_server, codec_mod):
+def test_redis_down_raises_redis_unavailable(backend, dedicated_server, codec_mod):
     """Redis gone for longer than ``retry_timeout``: the read ends with
     RedisUnavailable instead of waiting on (or reporting a stalled writer)."""
     from sse_redis import RedisUnavailable
 
-    server = own_server()
+    server = dedicated_server()
     run = new_run()
     client = redis_py.Redis.from_url(server.url)
     try:

@@ -537,7 +537,7 @@ def test_until_unset_streams_to_done(app, redis_url, backend):
 
 @pytest.fixture
 def example(served: _Served, redis_url: str, backend: str) -> Callable[..., httpx.Client]:
-    fastapi = pytest.importorskip("fastapi")  # noqa: F841
+    pytest.importorskip("fastapi")
     from sse_redis.example_app import create_app
 
     clients: list[httpx.Client] = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,8 @@ from sse_redis import (
     WriteTimeout,
 )
 from sse_redis.writer import DEFAULT_PUBLIC_ERROR, DONE_CHUNK
+
+from fixtures_io import wait_child
 
 # ----------------------------------------------------------------- helpers
 
@@ -867,16 +868,7 @@ def test_fork_child_builds_its_own_engine(backend, redis_url, make_writer, plain
         finally:
             os._exit(code)
 
-    deadline = time.monotonic() + 20
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child did not finish within 20 s")
-        time.sleep(0.01)
+    status = wait_child(pid)
     assert os.waitstatus_to_exitcode(status) == 0
 
     assert w.write(parent_run, chunk(2)) == 2  # the parent's engine is untouched

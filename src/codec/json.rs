@@ -133,9 +133,7 @@ fn null_member_value(b: &[u8], from: usize) -> Option<usize> {
 /// `"message_type": "stop_reason"` at its top level.
 pub fn sniff_stop_reason(chunk: &str) -> Option<String> {
     static STOP_REASON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("stop_reason"));
-    if STOP_REASON.find(chunk.as_bytes()).is_none() {
-        return None;
-    }
+    STOP_REASON.find(chunk.as_bytes())?;
     let data = first_event_data(chunk)?;
     let mut parser = JsonParser { b: data.as_bytes(), i: 0 };
     let top = parser.document()?;

@@ -122,11 +122,10 @@ impl Parser {
             }
             "event" => self.event_type = value.to_owned(),
             "id" if !value.contains('\0') => self.last_id = value.to_owned(),
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(ms) = value.parse::<u64>() {
-                        self.retry = Some(ms);
-                    }
+            // ASCII digits only (u64::from_str would also take a leading '+').
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse::<u64>() {
+                    self.retry = Some(ms);
                 }
             }
             _ => {}

@@ -20,6 +20,9 @@ pub struct Event {
     retry: Option<u64>,
 }
 
+/// `Event(data, event, id, retry)`: what unpickling calls.
+type EventArgs = (String, String, String, Option<u64>);
+
 #[pymethods]
 impl Event {
     #[new]
@@ -29,7 +32,7 @@ impl Event {
     }
 
     /// Pickles like the pure twin's `Event`.
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (String, String, String, Option<u64>))> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, EventArgs)> {
         let e = slf.get();
         Ok((slf.get_type().into_any(), (e.data.clone(), e.event.clone(), e.id.clone(), e.retry)))
     }

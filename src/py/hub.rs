@@ -39,6 +39,7 @@ impl ReaderHub {
     #[pyo3(signature = (url, *, queue_size = 256, batch_size = 100, block_ms = None,
                         check_interval = 10.0, retry_timeout = 30.0, connect_timeout = 5.0,
                         socket_timeout = 10.0))]
+    #[allow(clippy::too_many_arguments)] // mirrors the pure twin's keyword arguments
     fn new(
         url: &str,
         queue_size: usize,

@@ -313,13 +313,12 @@ class ReaderHub:
                         sub.fetching = False
                         self._queue_fetch(sub)
                 time.sleep(0.05)
-            except redis.ResponseError as exc:
+            except redis.ResponseError:
                 if sub is not None:
                     with self._lock:
                         sub.fetching = False
                         sub.status = GONE  # not a stream any more (WRONGTYPE): nothing to follow
                         self._signal(sub)
-                del exc
 
         # Let a blocked XREAD go now rather than at its timeout.
         with self._lock:
