@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -46,21 +47,38 @@ class RedisProcess:
     keeps the port and the directory (so AOF data survives).
     """
 
-    def __init__(self, binary: str, *, port: int | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        binary: str,
+        *,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        tls: tuple[str, str, str] | None = None,
+    ):
+        """``tls``: ``(cert_file, key_file, ca_file)`` to serve TLS only, on ``port``."""
         self.binary = binary
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="sse-redis-server-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://localhost:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> "RedisProcess":
+        if self.tls:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                     "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+        else:
+            ports = ["--port", str(self.port)]
         args = [
             self.binary,
-            "--port", str(self.port),
+            *ports,
             "--bind", "127.0.0.1",
             "--dir", self.dir,
             "--save", "",
@@ -84,10 +102,14 @@ class RedisProcess:
 
     def _answers_ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock = raw
+                if self.tls:
+                    context = ssl.create_default_context(cafile=self.tls[2])
+                    sock = context.wrap_socket(raw, server_hostname="localhost")
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-        except OSError:
+        except OSError:  # ssl.SSLError included
             return False
 
     def log_tail(self, lines: int = 20) -> str:
