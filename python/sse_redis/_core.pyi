@@ -15,6 +15,9 @@ __all__ = [
     "is_terminal",
     "sniff_stop_reason",
     "set_event_id",
+    "MAX_NESTING",
+    "WriterEngine",
+    "ReaderHub",
 ]
 
 MAX_NESTING: Final[int]  # 128
@@ -85,3 +88,67 @@ def set_event_id(chunk: str, event_id: str) -> str:
     before the blank line that ends that event (its own ``id`` lines removed).
     An unterminated last event is terminated; a chunk with no event gets an
     id-only event.  CR, LF or NUL in ``event_id`` raise ``ValueError``."""
+
+# -- engines: I/O on background threads, GIL released while waiting ------------
+
+Entry = tuple[str, int, str, bool]
+"""``(stream entry id, seq_id, data, complete)``."""
+
+@final
+class WriterEngine:
+    """Per-run queues, group-committed pipelines of fenced script calls, retries.
+    Keys are stream keys (the faces map run ids to keys)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        flush_size: int = 50,
+        ttl: int | None = 10800,
+        max_len: int | None = 10000,
+        max_pending: int = 10000,
+        retry_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 10.0,
+    ) -> None: ...
+    def open(self, key: str) -> None:
+        """Learn the run's stored top seq (raises ``RunClosedError`` if complete)."""
+    def write(self, key: str, data: str, complete: bool, timeout: float | None = None) -> int:
+        """Queue one chunk; its seq id. Waits for room up to ``timeout`` (``WriteTimeout``)."""
+    def try_write(self, key: str, data: str, complete: bool) -> int | None:
+        """``write`` that never waits: ``None`` when the run is not open or the buffer is full."""
+    def flush(self, timeout: float | None = None, key: str | None = None) -> None: ...
+    def last_seq(self, key: str) -> int: ...
+    def delete(self, key: str) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self, timeout: float | None = None) -> None: ...
+
+@final
+class ReaderHub:
+    """Subscriptions fed by a fetcher (catch-up ``XRANGE``) and a blocker (one
+    ``XREAD BLOCK`` over every watched key); two connections in all.  Poll
+    states: ``pending``, ``ok``, ``missing``, ``done``, ``gone``, ``down``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int = 256,
+        batch_size: int = 100,
+        block_ms: int | None = None,
+        check_interval: float = 10.0,
+        retry_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 10.0,
+    ) -> None: ...
+    def subscribe(self, key: str, after_seq: int, waker: int | None = None) -> int: ...
+    def unsubscribe(self, sid: int) -> None: ...
+    def poll(self, sid: int) -> tuple[list[Entry], str]: ...
+    def wait(self, sid: int, timeout: float | None = None) -> tuple[list[Entry], str]: ...
+    def add_waker(self, fd: int) -> int:
+        """Register the write end of an event loop's socket pair; the hub writes a byte to it."""
+    def remove_waker(self, wid: int) -> None: ...
+    def take_ready(self, wid: int) -> list[int]:
+        """Subscriptions of this waker with something to poll."""
+    def stats(self) -> dict[str, int]: ...
+    def close(self) -> None: ...

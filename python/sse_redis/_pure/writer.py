@@ -225,13 +225,6 @@ class WriterEngine:
         if self._closed:
             raise SSERedisError("the writer is closed")
 
-    def forget(self, key: str) -> None:
-        """Drop the run's state once its queue is empty (used after a terminal write)."""
-        with self._cv:
-            run = self._runs.get(key)
-            if run is not None and not run.queue and run.stored == run.next_seq - 1:
-                del self._runs[key]
-
     def last_seq(self, key: str) -> int:
         return self._control(lambda client: read_top(client, key))[0]
 
