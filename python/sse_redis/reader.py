@@ -357,17 +357,19 @@ class AsyncStreamReader:
         waker = self._waker()
         hub = waker.hub
         sid = hub.subscribe(key, follow.cursor, waker.id)
+        deadline = _Deadline(waker.loop)
         try:
             state = "ok"
             while not follow.finished:
                 ready = waker.arm(sid)
                 entries, state = hub.poll(sid)
                 if not entries and state in ("ok", "missing", "pending"):
-                    await _wait(ready, follow.timeout(state))
+                    await deadline.wait(ready, follow.timeout(state))
                     entries, state = hub.poll(sid)
                 for chunk in follow.chunks(entries, state):
                     yield chunk
         finally:
+            deadline.cancel()
             waker.waiting.pop(sid, None)
             hub.unsubscribe(sid)
 
@@ -388,13 +390,32 @@ class AsyncStreamReader:
         self._wakers.clear()
 
 
-async def _wait(future: "asyncio.Future[None]", timeout: float) -> None:
-    """Wait for ``future`` at most ``timeout`` seconds, without a task per wait."""
-    if future.done():
-        return
-    loop = asyncio.get_running_loop()
-    timer = loop.call_later(timeout, lambda: future.done() or future.set_result(None))
-    try:
-        await future
-    finally:
-        timer.cancel()
+class _Deadline:
+    """One timer per read, moved only when a wait must end sooner than it
+    would fire: a read woken by chunks (the common case) costs no timer
+    churn.  A timer that fires early just makes the read look at its clocks
+    and wait again."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.handle: asyncio.TimerHandle | None = None
+        self.future: asyncio.Future[None] | None = None
+
+    def wait(self, future: "asyncio.Future[None]", timeout: float) -> "asyncio.Future[None]":
+        """``future``, resolved at the latest ``timeout`` seconds from now."""
+        when = self.loop.time() + timeout
+        if self.handle is None or when < self.handle.when():
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(when, self._fire)
+        self.future = future
+        return future
+
+    def _fire(self) -> None:
+        self.handle = None
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
