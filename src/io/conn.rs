@@ -67,9 +67,20 @@ pub fn connect(
     Ok(con)
 }
 
-/// Errors that say the link broke or timed out: the request may be retried.
+/// Errors that say the link broke or timed out, or that the server is not
+/// ready yet (a restarted server loading its data answers `-LOADING`): the
+/// request may be retried.
 pub fn is_link_error(err: &RedisError) -> bool {
-    err.is_io_error() || err.is_connection_dropped() || err.is_timeout() || err.is_connection_refusal()
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_timeout()
+        || err.is_connection_refusal()
+        || is_transient_reply(err)
+}
+
+/// A server reply that only means "not now".
+pub fn is_transient_reply(err: &RedisError) -> bool {
+    matches!(err.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN"))
 }
 
 trait KindText {

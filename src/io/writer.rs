@@ -495,6 +495,12 @@ impl Sender {
             self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH)
             return self.pipeline(batches);
         }
+        // "Not now" (a restarted server still loading): retry the whole pipeline,
+        // which the script makes safe, rather than fail its runs.
+        if let Some(Err(e)) = replies.iter().find(|r| matches!(r, Err(e) if conn::is_transient_reply(e))) {
+            self.script_loaded = false; // a restarted server has no scripts either
+            return Err(e.clone());
+        }
         // A call's reply holds one reply per batch; a whole call failing fails each of them.
         let mut per_batch = Vec::with_capacity(batches.len());
         for (group, reply) in groups.iter().zip(replies) {
