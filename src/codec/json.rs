@@ -11,9 +11,9 @@ use super::lines::lines;
 /// JSON nested deeper than this is never a stop reason.
 pub const MAX_NESTING: usize = 128;
 
-/// `value` as a JSON string, escaped like Python's `json.dumps(value, ensure_ascii=False)`.
-pub fn json_string(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+/// Appends `value` as a JSON string, escaped like Python's
+/// `json.dumps(value, ensure_ascii=False)`.
+pub fn push_json_string(out: &mut String, value: &str) {
     out.push('"');
     for c in value.chars() {
         match c {
@@ -29,7 +29,6 @@ pub fn json_string(value: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 static RUN_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"run_id\""));
@@ -41,6 +40,35 @@ struct Patch {
     with_run_id: bool,
 }
 
+/// Builds the patched text as matches are found; no copy until the first one.
+struct Patcher<'a> {
+    text: &'a str,
+    run_id: Option<&'a str>,
+    seq_id: Option<u64>,
+    out: Option<String>,
+    copied: usize,
+}
+
+impl Patcher<'_> {
+    fn apply(&mut self, patch: Patch) {
+        use std::fmt::Write;
+        let out = self.out.get_or_insert_with(|| String::with_capacity(self.text.len() + 64));
+        out.push_str(&self.text[self.copied..patch.at]);
+        match (patch.with_run_id, self.run_id, self.seq_id) {
+            (true, Some(run_id), _) => push_json_string(out, run_id),
+            (false, _, Some(seq_id)) => write!(out, "{seq_id}").expect("writing to a String"),
+            _ => unreachable!("a key is only matched when its value is given"),
+        }
+        self.copied = patch.at + 4;
+    }
+
+    fn finish(self) -> Option<String> {
+        let mut out = self.out?;
+        out.push_str(&self.text[self.copied..]);
+        Some(out)
+    }
+}
+
 /// Fills `"run_id": null` / `"seq_id": null` members of `data` values; `None`
 /// when nothing matched (so the caller can hand back its input untouched).
 pub fn patch_nulls(text: &str, run_id: Option<&str>, seq_id: Option<u64>) -> Option<String> {
@@ -49,29 +77,16 @@ pub fn patch_nulls(text: &str, run_id: Option<&str>, seq_id: Option<u64>) -> Opt
     if !want_run && !want_seq {
         return None;
     }
-    let mut patches = Vec::new();
+    let mut patcher = Patcher { text, run_id, seq_id, out: None, copied: 0 };
     for line in lines(text) {
         if let Some((value, offset)) = line.raw_value_of("data") {
-            scan_value(value, offset, want_run, want_seq, &mut patches);
+            scan_value(value, offset, want_run, want_seq, &mut patcher);
         }
     }
-    if patches.is_empty() {
-        return None;
-    }
-    let run_text = run_id.map(json_string).unwrap_or_default();
-    let seq_text = seq_id.map(|s| s.to_string()).unwrap_or_default();
-    let mut out = String::with_capacity(text.len() + patches.len() * 16);
-    let mut copied = 0;
-    for patch in patches {
-        out.push_str(&text[copied..patch.at]);
-        out.push_str(if patch.with_run_id { &run_text } else { &seq_text });
-        copied = patch.at + 4;
-    }
-    out.push_str(&text[copied..]);
-    Some(out)
+    patcher.finish()
 }
 
-fn scan_value(value: &str, offset: usize, want_run: bool, want_seq: bool, patches: &mut Vec<Patch>) {
+fn scan_value(value: &str, offset: usize, want_run: bool, want_seq: bool, patcher: &mut Patcher<'_>) {
     let b = value.as_bytes();
     // No token can match past the last occurrence of a key's text: stop there
     // (in a typical chunk, before the long message text).
@@ -79,7 +94,9 @@ fn scan_value(value: &str, offset: usize, want_run: bool, want_seq: bool, patche
     let (last_run, last_seq) = (last(&RUN_ID, want_run), last(&SEQ_ID, want_seq));
     let Some(limit) = last_run.max(last_seq) else { return };
     let mut i = 0;
-    while let Some(open) = memchr::memchr(b'"', &b[i..]).map(|p| i + p).filter(|&o| o <= limit) {
+    // Plain loops, not memchr: tokens and the gaps between them are a few
+    // bytes long, shorter than a SIMD search takes to set up.
+    while let Some(open) = b[i..].iter().position(|&c| c == b'"').map(|p| i + p).filter(|&o| o <= limit) {
         let Some(close) = string_end(b, open) else { return };
         i = close + 1;
         let with_run_id = match &b[open..=close] {
@@ -88,7 +105,7 @@ fn scan_value(value: &str, offset: usize, want_run: bool, want_seq: bool, patche
             _ => continue,
         };
         if let Some(at) = null_member_value(b, i) {
-            patches.push(Patch { at: offset + at, with_run_id });
+            patcher.apply(Patch { at: offset + at, with_run_id });
             i = at + 4;
         }
     }
@@ -97,13 +114,14 @@ fn scan_value(value: &str, offset: usize, want_run: bool, want_seq: bool, patche
 /// Index of the `"` closing the string token opened at `open`, if any.
 fn string_end(b: &[u8], open: usize) -> Option<usize> {
     let mut j = open + 1;
-    loop {
-        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[j] == b'"' {
-            return Some(j);
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Some(j),
+            b'\\' => j += 2, // a backslash escapes the one character after it
+            _ => j += 1,
         }
-        j += 2; // a backslash escapes the one character after it
     }
+    None
 }
 
 /// After a key token ending at `from`: `ws : ws null` then a delimiter or the
