@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use super::args::{field_arg, opt_u64_arg};
+use super::args::{field_arg, int_type, opt_str_arg, opt_u64_arg, u64_value};
 use crate::codec::{json, sse};
 
 /// One dispatched Server-Sent Event.
@@ -87,13 +87,17 @@ pub fn encode_event(
     id: Option<&str>,
     retry: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<String> {
+    let retry = retry.filter(|r| !r.is_none());
+    if let Some(retry) = retry {
+        int_type(retry, "retry")?; // types before values, as the pure twin checks
+    }
     if let Some(event) = event {
         field_arg(event, "event")?;
     }
     if let Some(id) = id {
         field_arg(id, "id")?;
     }
-    let retry = opt_u64_arg(retry, "retry")?;
+    let retry = retry.map(|r| u64_value(r, "retry")).transpose()?;
     Ok(sse::encode_event(data, event, id, retry))
 }
 
@@ -102,11 +106,13 @@ pub fn encode_event(
 #[pyo3(signature = (text, run_id, seq_id))]
 pub fn patch_nulls<'py>(
     text: Bound<'py, PyString>,
-    run_id: Option<&str>,
+    run_id: Option<&Bound<'py, PyAny>>,
     seq_id: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyString>> {
+    let text_str = text.to_str()?;
+    let run_id = opt_str_arg(run_id, "run_id")?;
     let seq_id = opt_u64_arg(seq_id, "seq_id")?;
-    match json::patch_nulls(text.to_str()?, run_id, seq_id) {
+    match json::patch_nulls(text_str, run_id, seq_id) {
         None => Ok(text),
         Some(patched) => Ok(PyString::new(text.py(), &patched)),
     }
