@@ -337,9 +337,14 @@ def patch_nulls(text: str, run_id: str | None, seq_id: int | None) -> str:
 # ---------------------------------------------------------------- is_terminal
 
 
+_TERMINAL_TEXTS = ("data: [DONE]", "data:[DONE]", "event: error", "event:error")
+
+
 def is_terminal(chunk: str) -> bool:
     _check_str(chunk, "chunk")
-    if "[DONE]" not in chunk and "error" not in chunk:
+    # A terminal line holds one of these four texts whole; "error" alone is a
+    # common word in messages and would send most chunks to the regex.
+    if not any(text in chunk for text in _TERMINAL_TEXTS):
         return False
     return _TERMINAL.search(chunk) is not None
 
