@@ -21,7 +21,7 @@ import redis as redis_py
 
 from servers import any_server_url, redis7_server, redis_url, valkey_server  # noqa: F401 (re-exported)
 
-from sse_redis import AsyncStreamWriter, StreamWriter
+from sse_redis import AsyncStreamWriter, StreamReader, StreamWriter
 from sse_redis._embedded import RedisProcess, valkey_binary
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "dedicated_server",
     "make_writer",
     "make_async_writer",
+    "open_reader",
     "run_id",
     "plain_client",
 ]
@@ -153,3 +154,18 @@ def plain_client() -> Iterator[Callable[[str], redis_py.Redis]]:
     yield connect
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def open_reader(backend: str) -> Iterator[Callable[..., StreamReader]]:
+    """``open_reader(url, **options)``: a ``StreamReader`` on the test's backend, closed afterwards."""
+    readers: list[StreamReader] = []
+
+    def make(url: str, **options: Any) -> StreamReader:
+        reader = StreamReader(url, backend=backend, **options)
+        readers.append(reader)
+        return reader
+
+    yield make
+    for reader in readers:
+        reader.close()

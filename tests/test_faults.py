@@ -186,19 +186,6 @@ class Follower:
         return False
 
 
-@pytest.fixture
-def open_reader(backend: str) -> Iterator[Callable[..., StreamReader]]:
-    """``open_reader(url, **options)``: a ``StreamReader`` on the test's backend, closed afterwards."""
-    readers: list[StreamReader] = []
-
-    def make(url: str, **options: Any) -> StreamReader:
-        reader = StreamReader(url, backend=backend, **options)
-        readers.append(reader)
-        return reader
-
-    yield make
-    for reader in readers:
-        reader.close()
 
 
 # ------------------------------------------------- 1. restart with AOF on
