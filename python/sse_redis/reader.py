@@ -10,16 +10,14 @@ chunks and decides when the read is over, for the sync and async faces alike.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 import time
 from typing import Any, AsyncIterator, Iterator
 
-from . import _backend, keys as _keys
+from . import _backend, _fork, keys as _keys
 from .connection import redact, resolve_url
 from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
-from .writer import _FORKED_AWAY
 
 PING = ": ping\n\n"
 MAX_CURSOR = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
@@ -180,7 +178,7 @@ class StreamReader:
             retry_timeout=float(retry_timeout),
         )
         self._hub: Any = None
-        self._hub_pid = -1
+        self._hub_generation = -1
         self._hub_lock = threading.Lock()
         self._closed = False
 
@@ -192,13 +190,13 @@ class StreamReader:
         """This process's hub; a forked child builds its own on first use."""
         if self._closed:
             raise SSERedisError(f"this {type(self).__name__} is closed")
-        if self._hub_pid != os.getpid():
+        if self._hub_generation != _fork.generation:
             with self._hub_lock:  # first reads racing from many threads build one hub
-                if self._hub_pid != os.getpid():
+                if self._hub_generation != _fork.generation:
                     if self._hub is not None:
-                        _FORKED_AWAY.append(self._hub)  # the parent's: never touched after fork
+                        _fork.forked_away.append(self._hub)  # the parent's: never touched
                     self._hub = self._module.ReaderHub(self._url, **self._hub_options)
-                    self._hub_pid = os.getpid()
+                    self._hub_generation = _fork.generation
         return self._hub
 
     def read(
@@ -250,7 +248,7 @@ class StreamReader:
         """Stop the hub; reads still running end with an error."""
         self._closed = True
         hub, self._hub = self._hub, None
-        if hub is not None and self._hub_pid == os.getpid():
+        if hub is not None and self._hub_generation == _fork.generation:
             hub.close()
 
     def __enter__(self) -> "StreamReader":

@@ -11,12 +11,11 @@ import asyncio
 import atexit
 import json
 import logging
-import os
 import threading
 import weakref
 from typing import Any
 
-from . import _backend, keys as _keys
+from . import _backend, _fork, keys as _keys
 from .connection import redact, resolve_url
 from .errors import RunClosedError, SSERedisError
 
@@ -83,7 +82,7 @@ class StreamWriter:
             connect_timeout=float(connect_timeout),
         )
         self._engine: Any = None
-        self._engine_pid = -1
+        self._engine_generation = -1
         self._engine_lock = threading.Lock()
         self._closed = False
         _open_writers.add(self)
@@ -96,15 +95,13 @@ class StreamWriter:
         """This process's engine; a forked child builds its own on first use."""
         if self._closed:
             raise SSERedisError("this StreamWriter is closed")
-        if self._engine_pid != os.getpid():
+        if self._engine_generation != _fork.generation:
             with self._engine_lock:  # first writes racing from many threads build one engine
-                if self._engine_pid != os.getpid():
+                if self._engine_generation != _fork.generation:
                     if self._engine is not None:
-                        # The parent's engine: its threads did not survive the fork and
-                        # its lock may be held, so it is never touched (nor dropped) here.
-                        _FORKED_AWAY.append(self._engine)
+                        _fork.forked_away.append(self._engine)  # the parent's: never touched
                     self._engine = self._module.WriterEngine(self._url, **self._options)
-                    self._engine_pid = os.getpid()
+                    self._engine_generation = _fork.generation
         return self._engine
 
     def prepare(self, run_id: str, chunk: str, terminal: bool | None = None) -> tuple[str, bool]:
@@ -173,7 +170,7 @@ class StreamWriter:
         self._closed = True
         _open_writers.discard(self)
         engine, self._engine = self._engine, None
-        if engine is not None and self._engine_pid == os.getpid():
+        if engine is not None and self._engine_generation == _fork.generation:
             engine.close(timeout if timeout is not None else self._write_timeout)
 
     def __enter__(self) -> "StreamWriter":
@@ -240,9 +237,6 @@ def _positive(name: str, value: object, kind: type | tuple[type, ...]) -> None:
     if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive number, not {value!r}")
 
-
-# Engines inherited across fork(): kept alive, never used (see ``engine``).
-_FORKED_AWAY: list[Any] = []
 
 # Writers still open at interpreter exit are flushed, so no queued chunk is lost.
 _open_writers: "weakref.WeakSet[StreamWriter]" = weakref.WeakSet()
