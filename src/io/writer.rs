@@ -263,11 +263,17 @@ impl Engine {
 
     /// `write` that never waits: `None` when the run is not open yet or the buffer is full.
     pub fn try_write(&self, key: &str, data: String, complete: bool) -> Result<Option<u64>, WriteError> {
+        Ok(self.try_enqueue(key, data, complete)?.ok())
+    }
+
+    /// `try_write` that hands `data` back (`Err`) when the write would have to
+    /// wait, so a caller falling back to `write` needs no copy of it.
+    pub fn try_enqueue(&self, key: &str, data: String, complete: bool) -> Result<Result<u64, String>, WriteError> {
         let mut state = self.shared.lock();
         match state.runs.get(key) {
-            None => Ok(None),
-            Some(run) if run.error.is_none() && state.pending >= self.shared.opts.max_pending => Ok(None),
-            Some(_) => self.enqueue(&mut state, key, data, complete).map(Some),
+            None => Ok(Err(data)),
+            Some(run) if run.error.is_none() && state.pending >= self.shared.opts.max_pending => Ok(Err(data)),
+            Some(_) => self.enqueue(&mut state, key, data, complete).map(Ok),
         }
     }
 

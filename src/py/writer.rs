@@ -62,9 +62,9 @@ impl WriterEngine {
     #[pyo3(signature = (key, data, complete, timeout = None))]
     fn write(&self, py: Python<'_>, key: &str, data: String, complete: bool, timeout: Option<f64>) -> PyResult<u64> {
         let timeout = opt_seconds(timeout, "timeout")?;
-        let data = match self.inner.try_write(key, data.clone(), complete)? {
-            Some(seq) => return Ok(seq),
-            None => data,
+        let data = match self.inner.try_enqueue(key, data, complete)? {
+            Ok(seq) => return Ok(seq),
+            Err(data) => data,
         };
         Ok(py.detach(|| self.inner.write(key, data, complete, timeout))?)
     }
