@@ -6,7 +6,8 @@ on every write."""
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from typing import Any, Callable
 
 generation = 0  # bumped in every forked child
 
@@ -21,3 +22,29 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class PerProcess:
+    """One engine per process, built on first use (once, however many threads
+    race to it) and built anew in a forked child."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._value: Any = None
+        self._generation = -1
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        if self._generation != generation:
+            with self._lock:
+                if self._generation != generation:
+                    if self._value is not None:
+                        forked_away.append(self._value)  # the parent's: never touched
+                    self._value = self._build()
+                    self._generation = generation
+        return self._value
+
+    def take(self) -> Any:
+        """This process's engine, if built, forgetting it (to close it); ``None`` otherwise."""
+        value, self._value = self._value, None
+        return value if self._generation == generation else None

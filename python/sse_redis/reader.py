@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from typing import Any, AsyncIterator, Iterator
 
@@ -177,9 +176,7 @@ class StreamReader:
             check_interval=float(check_interval),
             retry_timeout=float(retry_timeout),
         )
-        self._hub: Any = None
-        self._hub_generation = -1
-        self._hub_lock = threading.Lock()
+        self._hub = _fork.PerProcess(lambda: self._module.ReaderHub(self._url, **self._hub_options))
         self._closed = False
 
     def __repr__(self) -> str:
@@ -190,14 +187,7 @@ class StreamReader:
         """This process's hub; a forked child builds its own on first use."""
         if self._closed:
             raise SSERedisError(f"this {type(self).__name__} is closed")
-        if self._hub_generation != _fork.generation:
-            with self._hub_lock:  # first reads racing from many threads build one hub
-                if self._hub_generation != _fork.generation:
-                    if self._hub is not None:
-                        _fork.forked_away.append(self._hub)  # the parent's: never touched
-                    self._hub = self._module.ReaderHub(self._url, **self._hub_options)
-                    self._hub_generation = _fork.generation
-        return self._hub
+        return self._hub.get()
 
     def read(
         self,
@@ -247,8 +237,8 @@ class StreamReader:
     def close(self) -> None:
         """Stop the hub; reads still running end with an error."""
         self._closed = True
-        hub, self._hub = self._hub, None
-        if hub is not None and self._hub_generation == _fork.generation:
+        hub = self._hub.take()
+        if hub is not None:
             hub.close()
 
     def __enter__(self) -> "StreamReader":

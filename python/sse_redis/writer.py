@@ -11,7 +11,6 @@ import asyncio
 import atexit
 import json
 import logging
-import threading
 import weakref
 from typing import Any
 
@@ -81,9 +80,7 @@ class StreamWriter:
             retry_timeout=float(retry_timeout),
             connect_timeout=float(connect_timeout),
         )
-        self._engine: Any = None
-        self._engine_generation = -1
-        self._engine_lock = threading.Lock()
+        self._engine = _fork.PerProcess(lambda: self._module.WriterEngine(self._url, **self._options))
         self._closed = False
         _open_writers.add(self)
 
@@ -95,14 +92,7 @@ class StreamWriter:
         """This process's engine; a forked child builds its own on first use."""
         if self._closed:
             raise SSERedisError("this StreamWriter is closed")
-        if self._engine_generation != _fork.generation:
-            with self._engine_lock:  # first writes racing from many threads build one engine
-                if self._engine_generation != _fork.generation:
-                    if self._engine is not None:
-                        _fork.forked_away.append(self._engine)  # the parent's: never touched
-                    self._engine = self._module.WriterEngine(self._url, **self._options)
-                    self._engine_generation = _fork.generation
-        return self._engine
+        return self._engine.get()
 
     def prepare(self, run_id: str, chunk: str, terminal: bool | None = None) -> tuple[str, bool]:
         """The run's key and whether ``chunk`` ends it; validates both."""
@@ -169,8 +159,8 @@ class StreamWriter:
             return
         self._closed = True
         _open_writers.discard(self)
-        engine, self._engine = self._engine, None
-        if engine is not None and self._engine_generation == _fork.generation:
+        engine = self._engine.take()
+        if engine is not None:
             engine.close(timeout if timeout is not None else self._write_timeout)
 
     def __enter__(self) -> "StreamWriter":
