@@ -81,6 +81,16 @@ def error_event(body: str) -> dict[str, Any]:
     return json.loads(last.data)
 
 
+def read_until(it: Iterator[str], marker: str) -> str:
+    """What ``it`` yields up to and including ``marker``; ``it`` stays open."""
+    body = ""
+    for text in it:
+        body += text
+        if marker in body:
+            break
+    return body
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -204,10 +214,7 @@ def test_full_run_streams_live(app, redis_url, backend):
         with client.stream("GET", stream_url(run)) as response:
             assert response.status_code == 200
             it = response.iter_text()
-            for text in it:
-                body += text
-                if "id: 1\n" in body:
-                    break
+            body += read_until(it, "id: 1\n")
             for i in range(2, 21):
                 writer.write(run, payload(i))
             writer.complete(run)
@@ -508,10 +515,7 @@ def test_until_ends_the_response_early(app, redis_url, backend):
     with client.stream("GET", stream_url(run)) as response:
         assert response.status_code == 200
         it = response.iter_text()
-        for text in it:
-            body += text
-            if "id: 2\n" in body:
-                break
+        body += read_until(it, "id: 2\n")
         assert client.post("/stop").status_code == 204
         started = time.monotonic()
         for text in it:  # ends once the server ends the response
@@ -593,10 +597,7 @@ def test_example_app_drop_cuts_open_streams(example):
     with client.stream("GET", run["stream_url"]) as response:
         assert response.status_code == 200
         it = response.iter_text()
-        for text in it:
-            body += text
-            if "id: 3\n" in body:
-                break
+        body += read_until(it, "id: 3\n")
         dropped = client.post(f"/runs/{run['run_id']}/drop?token={run['token']}")
         assert dropped.json() == {"dropped": 1}
         started = time.monotonic()
