@@ -2,8 +2,10 @@
 //! tells the design). Readers subscribe to a key from a cursor and consume
 //! their own bounded queue; the hub's two threads do all the I/O: the
 //! fetcher catches subscriptions up with `XRANGE (last +` on the query
-//! connection, and the blocker waits on every watched key with one
-//! `XREAD BLOCK` on a dedicated connection with no read timeout.
+//! connection, and a blocker waits on every watched key of its group with one
+//! `XREAD BLOCK` on a dedicated connection with no read timeout. One server
+//! has one group; a cluster has one per slot group (hash tag), because one
+//! `XREAD` may only name keys of one slot, each blocking on the slot's owner.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -13,14 +15,16 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, RedisError, Value};
+use redis::{Connection, RedisError, Value};
 
-use super::conn;
+use super::conn::{self, Link, Target};
 use super::entries::{parse_range, parse_xread, Entry};
 
 const XREAD_COUNT: usize = 1000;
 /// Without CLIENT UNBLOCK a new key waits at most this long.
 const SHORT_BLOCK_MS: u64 = 250;
+/// While a slot migrates, its keys are read by the fetcher this often.
+const MIGRATING_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Status {
@@ -100,18 +104,27 @@ pub struct Stats {
     pub watched: u64,
 }
 
+/// The keys one blocker waits on, with the last entry id it has of each.
+#[derive(Default)]
+struct Group {
+    keys: HashMap<String, (u64, u64)>,
+    /// Bumped when a key joins; the blocker's XREAD covers `blocking_version`.
+    version: u64,
+    blocking_version: u64,
+    client_id: Option<i64>,
+    /// The cluster node (`host:port`) it blocks on, or should connect to.
+    node: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     subs: HashMap<u64, Sub>,
     by_key: HashMap<String, Vec<u64>>,
-    watched: HashMap<String, (u64, u64)>,
+    groups: HashMap<String, Group>,
     fetch_queue: VecDeque<u64>,
     wakers: HashMap<u64, Waker>,
     next_id: u64,
-    version: u64,
-    blocking_version: u64,
     unblock_wanted: bool,
-    blocker_client_id: Option<i64>,
     can_unblock: Option<bool>,
     down_since: Option<Instant>,
     closed: bool,
@@ -123,6 +136,7 @@ pub struct Options {
     pub batch_size: usize,
     pub block_ms: Option<u64>,
     pub check_interval: Duration,
+    pub cluster: bool,
     pub retry_timeout: Duration,
     pub connect_timeout: Duration,
     pub socket_timeout: Duration,
@@ -132,7 +146,7 @@ struct Inner {
     state: Mutex<State>,
     changed: Condvar,
     opts: Options,
-    client: Client,
+    target: Target,
 }
 
 pub enum HubError {
@@ -144,6 +158,15 @@ pub enum HubError {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The blocker group of `key`: all keys on one server, its slot on a cluster.
+    fn group_of<'k>(&self, key: &'k str) -> &'k str {
+        if self.target.is_cluster() {
+            conn::slot_group(key)
+        } else {
+            ""
+        }
     }
 
     fn queue_fetch(&self, state: &mut State, sid: u64) {
@@ -226,18 +249,14 @@ impl Hub {
         if opts.queue_size == 0 || opts.batch_size == 0 {
             return Err(HubError::Redis("queue_size and batch_size must be positive".into()));
         }
-        let client = conn::client(url).map_err(HubError::Redis)?;
-        let inner = Arc::new(Inner { state: Mutex::new(State::default()), changed: Condvar::new(), opts, client });
+        let target = Target::new(url, opts.cluster).map_err(HubError::Redis)?;
+        let inner = Arc::new(Inner { state: Mutex::new(State::default()), changed: Condvar::new(), opts, target });
         inner.lock().next_id = 1;
-        let (blocker, fetcher) = (inner.clone(), inner.clone());
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map_err(|e| HubError::Redis(format!("cannot start a hub thread: {e}")))
-        };
-        spawn("sse-redis-hub", Box::new(move || run_blocker(&blocker)))?;
-        spawn("sse-redis-fetch", Box::new(move || run_fetcher(&fetcher)))?;
+        let fetcher = inner.clone();
+        std::thread::Builder::new()
+            .name("sse-redis-fetch".into())
+            .spawn(move || run_fetcher(&fetcher))
+            .map_err(|e| HubError::Redis(format!("cannot start a hub thread: {e}")))?;
         Ok(Hub { inner })
     }
 
@@ -277,7 +296,9 @@ impl Hub {
             ids.retain(|&i| i != sid);
             if ids.is_empty() {
                 state.by_key.remove(&sub.key);
-                state.watched.remove(&sub.key);
+                if let Some(group) = state.groups.get_mut(self.inner.group_of(&sub.key)) {
+                    group.keys.remove(&sub.key);
+                }
             }
         }
         if let Some(waker) = sub.waker.and_then(|w| state.wakers.get_mut(&w)) {
@@ -355,7 +376,8 @@ impl Hub {
 
     pub fn stats(&self) -> Stats {
         let state = self.inner.lock();
-        Stats { subscriptions: state.subs.len() as u64, watched: state.watched.len() as u64, ..state.stats.clone() }
+        let watched = state.groups.values().map(|g| g.keys.len() as u64).sum();
+        Stats { subscriptions: state.subs.len() as u64, watched, ..state.stats.clone() }
     }
 
     pub fn close(&self) {
@@ -385,9 +407,9 @@ fn is_link(err: &RedisError) -> bool {
 
 // -- the fetcher thread ---------------------------------------------------------
 
-fn run_fetcher(inner: &Inner) {
+fn run_fetcher(inner: &Arc<Inner>) {
     let opts = &inner.opts;
-    let mut con: Option<Connection> = None;
+    let mut con: Option<Link> = None;
     loop {
         let sid = {
             let mut state = inner.lock();
@@ -401,7 +423,7 @@ fn run_fetcher(inner: &Inner) {
         };
         let result = (|| -> Result<(), RedisError> {
             if con.is_none() {
-                con = Some(conn::connect(&inner.client, opts.connect_timeout, Some(opts.socket_timeout))?);
+                con = Some(inner.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?);
             }
             let c = con.as_mut().expect("connected above");
             if let Some(sid) = sid {
@@ -443,13 +465,17 @@ fn run_fetcher(inner: &Inner) {
             }
         }
     }
-    // Let a blocked XREAD go now rather than at its timeout.
-    if let (Some(c), Some(id)) = (con.as_mut(), inner.lock().blocker_client_id) {
-        let _ = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query::<i64>(c);
+    // Let blocked XREADs go now rather than at their timeout.
+    let blocked: Vec<(i64, Option<String>)> =
+        inner.lock().groups.values().filter_map(|g| g.client_id.map(|id| (id, g.node.clone()))).collect();
+    if let Some(c) = con.as_mut() {
+        for (id, node) in blocked {
+            let _ = c.on_node(redis::cmd("CLIENT").arg("UNBLOCK").arg(id), node.as_deref());
+        }
     }
 }
 
-fn catch_up(inner: &Inner, con: &mut Connection, sid: u64) -> Result<(), RedisError> {
+fn catch_up(inner: &Arc<Inner>, con: &mut Link, sid: u64) -> Result<(), RedisError> {
     let (key, start, first, room) = {
         let state = inner.lock();
         let Some(sub) = state.subs.get(&sid) else { return Ok(()) };
@@ -503,13 +529,21 @@ fn catch_up(inner: &Inner, con: &mut Connection, sid: u64) -> Result<(), RedisEr
         return Ok(());
     }
     let sub_last = state.subs[&sid].last;
-    match state.watched.get(&key) {
+    let name = inner.group_of(&key).to_owned();
+    match state.groups.get(&name).and_then(|g| g.keys.get(&key)) {
         Some(&watched) if watched > sub_last => inner.queue_fetch(&mut state, sid), // blocker is ahead
         Some(_) => state.subs.get_mut(&sid).expect("present").live = true,
         None => {
             state.subs.get_mut(&sid).expect("present").live = true;
-            state.watched.insert(key, sub_last);
-            state.version += 1;
+            let group = match state.groups.get_mut(&name) {
+                Some(group) => group,
+                None => {
+                    start_blocker(inner, &name)?;
+                    state.groups.entry(name.clone()).or_default()
+                }
+            };
+            group.keys.insert(key, sub_last);
+            group.version += 1;
             state.unblock_wanted = true;
             inner.changed.notify_all();
         }
@@ -517,58 +551,90 @@ fn catch_up(inner: &Inner, con: &mut Connection, sid: u64) -> Result<(), RedisEr
     Ok(())
 }
 
-/// Restarts the blocker's XREAD so that it covers the new keys.
-fn unblock_blocker(inner: &Inner, con: &mut Connection) -> Result<(), RedisError> {
+/// A blocker thread for a new group; it ends when its group has no keys left.
+fn start_blocker(inner: &Arc<Inner>, name: &str) -> Result<(), RedisError> {
+    let (blocker, name) = (inner.clone(), name.to_owned());
+    std::thread::Builder::new()
+        .name("sse-redis-hub".into())
+        .spawn(move || run_blocker(&blocker, &name))
+        .map(drop)
+        .map_err(|e| RedisError::from(std::io::Error::other(format!("cannot start a hub thread: {e}"))))
+}
+
+/// Restarts the XREAD of each blocker whose group has new keys, so that it
+/// covers them.
+fn unblock_blocker(inner: &Inner, con: &mut Link) -> Result<(), RedisError> {
     let deadline = Instant::now() + Duration::from_millis(50);
     loop {
-        let (client_id, can) = {
+        let behind: Vec<(i64, Option<String>)> = {
             let mut state = inner.lock();
-            // Nothing to do when the blocker covers the keys already, or is
-            // parked (no keys: it re-reads them when woken).
-            if state.blocking_version >= state.version || state.closed || state.watched.is_empty() {
+            if state.closed || state.can_unblock != Some(true) {
+                state.unblock_wanted = false; // the blockers' short blocks pick the keys up
+                return Ok(());
+            }
+            // A blocker not yet connected (no id) reads its keys when it starts.
+            let behind: Vec<_> = state
+                .groups
+                .values()
+                .filter(|g| g.blocking_version < g.version && !g.keys.is_empty())
+                .filter_map(|g| g.client_id.map(|id| (id, g.node.clone())))
+                .collect();
+            if behind.is_empty() {
                 state.unblock_wanted = false;
                 return Ok(());
             }
-            match (state.blocker_client_id, state.can_unblock) {
-                (Some(id), Some(true)) => (id, true),
-                _ => {
-                    state.unblock_wanted = false; // the blocker's short block picks the key up
-                    return Ok(());
-                }
-            }
+            behind
         };
-        debug_assert!(can);
-        let woke: i64 = redis::cmd("CLIENT").arg("UNBLOCK").arg(client_id).query(con)?;
-        inner.count(|s| s.unblocks += 1);
-        if woke == 1 || Instant::now() > deadline {
+        let mut all_woke = true;
+        for (id, node) in &behind {
+            let woke: i64 = redis::FromRedisValue::from_redis_value(
+                con.on_node(redis::cmd("CLIENT").arg("UNBLOCK").arg(*id), node.as_deref())?,
+            )?;
+            inner.count(|s| s.unblocks += 1);
+            all_woke &= woke == 1;
+        }
+        if all_woke || Instant::now() > deadline {
             inner.lock().unblock_wanted = false;
             return Ok(());
         }
-        std::thread::sleep(Duration::from_micros(500)); // the blocker is between reads
+        std::thread::sleep(Duration::from_micros(500)); // a blocker is between reads
     }
 }
 
-// -- the blocker thread ---------------------------------------------------------
+// -- the blocker threads -------------------------------------------------------
 
-fn run_blocker(inner: &Inner) {
+fn run_blocker(inner: &Inner, name: &str) {
     let opts = &inner.opts;
     let mut con: Option<Connection> = None;
     let mut next_check = Instant::now() + opts.check_interval;
     let mut delay = Duration::from_millis(10);
+    let mut attempt = 0; // which known cluster node to try when the owner is unknown
     loop {
         {
             let mut state = inner.lock();
-            while state.watched.is_empty() && !state.closed {
+            loop {
+                if state.closed {
+                    return;
+                }
+                if state.groups.get(name).is_some_and(|g| !g.keys.is_empty()) {
+                    break;
+                }
+                if inner.target.is_cluster() {
+                    // A cluster may have a group per run: an idle one leaves no thread.
+                    state.groups.remove(name);
+                    return;
+                }
                 state = inner.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-            }
-            if state.closed {
-                return;
             }
         }
         let result = (|| -> Result<(), RedisError> {
             if con.is_none() {
-                let mut c = conn::connect(&inner.client, opts.connect_timeout, None)?;
-                learn_unblock(inner, &mut c)?;
+                let node = inner.lock().groups.get(name).and_then(|g| g.node.clone());
+                let (mut c, node) = inner.target.connect_node(node.as_deref(), attempt, opts.connect_timeout, None)?;
+                let id = learn_unblock(inner, &mut c)?;
+                if let Some(group) = inner.lock().groups.get_mut(name) {
+                    (group.client_id, group.node) = (Some(id), node);
+                }
                 con = Some(c);
             }
             let c = con.as_mut().expect("connected above");
@@ -576,8 +642,9 @@ fn run_blocker(inner: &Inner) {
             // the blocker's id was still unknown (so no one could unblock it) is in.
             let streams: Vec<(String, String)> = {
                 let mut state = inner.lock();
-                state.blocking_version = state.version;
-                state.watched.iter().map(|(k, l)| (k.clone(), format!("{}-{}", l.0, l.1))).collect()
+                let Some(group) = state.groups.get_mut(name) else { return Ok(()) };
+                group.blocking_version = group.version;
+                group.keys.iter().map(|(k, l)| (k.clone(), format!("{}-{}", l.0, l.1))).collect()
             };
             if streams.is_empty() {
                 return Ok(());
@@ -592,28 +659,61 @@ fn run_blocker(inner: &Inner) {
             }
             let reply: Value = cmd.query(c)?;
             inner.count(|s| s.xreads += 1);
-            deliver(inner, &reply);
+            deliver(inner, name, &reply);
             if Instant::now() >= next_check {
                 next_check = Instant::now() + opts.check_interval;
-                check_exists(inner, c)?;
+                check_exists(inner, name, c)?;
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                delay = Duration::from_millis(10);
-                inner.link_ok();
+        let Err(err) = result else {
+            delay = Duration::from_millis(10);
+            inner.link_ok();
+            continue;
+        };
+        let forget_node = |node: Option<String>| {
+            if let Some(group) = inner.lock().groups.get_mut(name) {
+                (group.client_id, group.node) = (None, node);
             }
-            Err(err) if is_link(&err) => {
+        };
+        match conn::redirect(&err) {
+            Some((true, node)) => {
+                con = None; // MOVED: the slot has a new owner; block there
+                forget_node(Some(node));
+            }
+            Some((false, _)) => migrating(inner, name), // ASK: keys are moving
+            None if err.code() == Some("TRYAGAIN") => migrating(inner, name),
+            None if is_link(&err) => {
                 inner.link_failed();
                 con = None;
+                forget_node(None); // after a failover, any live node redirects to the owner
+                attempt += 1;
                 inner.count(|s| s.reconnects += 1);
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)), // a watched key is no stream
+            None => std::thread::sleep(Duration::from_millis(100)), // a watched key is no stream
         }
     }
+}
+
+/// The group's slot is being migrated, so one XREAD cannot see all its keys:
+/// its live readers go back to the fetcher, whose cluster connection follows
+/// each key (ASK), until the blocker's next try.
+fn migrating(inner: &Inner, name: &str) {
+    {
+        let mut state = inner.lock();
+        let keys: Vec<String> = state.groups.get(name).map(|g| g.keys.keys().cloned().collect()).unwrap_or_default();
+        for key in keys {
+            for sid in state.by_key.get(&key).cloned().unwrap_or_default() {
+                if let Some(sub) = state.subs.get_mut(&sid).filter(|s| s.live) {
+                    sub.live = false;
+                    inner.queue_fetch(&mut state, sid);
+                }
+            }
+        }
+    }
+    std::thread::sleep(MIGRATING_POLL);
 }
 
 fn block_time(inner: &Inner) -> u64 {
@@ -626,8 +726,8 @@ fn block_time(inner: &Inner) -> u64 {
     }
 }
 
-/// Learns the blocker's client id and whether this user may CLIENT UNBLOCK.
-fn learn_unblock(inner: &Inner, con: &mut Connection) -> Result<(), RedisError> {
+/// The connection's client id; learns whether this user may CLIENT UNBLOCK.
+fn learn_unblock(inner: &Inner, con: &mut Connection) -> Result<i64, RedisError> {
     let id: i64 = redis::cmd("CLIENT").arg("ID").query(con)?;
     // No client has id 0: a no-op when permitted, NOPERM for a least-privilege user.
     let can = match redis::cmd("CLIENT").arg("UNBLOCK").arg(0).query::<i64>(con) {
@@ -635,24 +735,23 @@ fn learn_unblock(inner: &Inner, con: &mut Connection) -> Result<(), RedisError> 
         Err(e) if is_link(&e) => return Err(e),
         Err(_) => false,
     };
-    let mut state = inner.lock();
-    state.blocker_client_id = Some(id);
-    state.can_unblock = Some(can);
-    Ok(())
+    inner.lock().can_unblock = Some(can);
+    Ok(id)
 }
 
-fn deliver(inner: &Inner, reply: &Value) {
+fn deliver(inner: &Inner, name: &str, reply: &Value) {
     let streams = parse_xread(reply);
     if streams.is_empty() {
         return;
     }
     let mut state = inner.lock();
     for (key, raw) in streams {
-        if raw.is_empty() || !state.watched.contains_key(&key) {
+        let Some(position) = state.groups.get_mut(name).and_then(|g| g.keys.get_mut(&key)) else { continue };
+        if raw.is_empty() {
             continue;
         }
         let entries: Vec<Arc<HubEntry>> = raw.iter().map(hub_entry).collect();
-        state.watched.insert(key.clone(), entries.last().expect("non-empty").order);
+        *position = entries.last().expect("non-empty").order;
         let ids = state.by_key.get(&key).cloned().unwrap_or_default();
         for sid in ids {
             if state.subs.get(&sid).is_some_and(|s| s.live) && !inner.push(&mut state, sid, &entries) {
@@ -664,11 +763,12 @@ fn deliver(inner: &Inner, reply: &Value) {
 }
 
 /// Notices streams that expired while followed (expiry does not wake XREAD).
-fn check_exists(inner: &Inner, con: &mut Connection) -> Result<(), RedisError> {
+fn check_exists(inner: &Inner, name: &str, con: &mut Connection) -> Result<(), RedisError> {
     let keys: Vec<String> = {
         let state = inner.lock();
-        state
-            .watched
+        let Some(group) = state.groups.get(name) else { return Ok(()) };
+        group
+            .keys
             .keys()
             .filter(|k| {
                 state.by_key.get(*k).is_some_and(|ids| {

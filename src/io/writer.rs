@@ -13,9 +13,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{Client, Connection, RedisResult, Value};
+use redis::{RedisError, RedisResult, Value};
 
-use super::conn;
+use super::conn::{self, Link, Target};
 use super::entries::parse_range;
 
 const APPEND_SCRIPT: &str = include_str!("../../python/sse_redis/append.lua");
@@ -42,6 +42,10 @@ pub struct Options {
     pub retry_timeout: Duration,
     pub connect_timeout: Duration,
     pub socket_timeout: Duration,
+    /// Acknowledge a batch only once this many replicas have it (`WAIT`); 0: off.
+    pub wait_replicas: u64,
+    pub wait_timeout: Duration,
+    pub cluster: bool,
 }
 
 struct Chunk {
@@ -134,8 +138,8 @@ impl Shared {
 
 pub struct Engine {
     shared: Arc<Shared>,
-    client: Client,
-    control: Mutex<Option<Connection>>,
+    target: Arc<Target>,
+    control: Mutex<Option<Link>>,
     sender: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -149,24 +153,24 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 
 impl Engine {
     pub fn new(url: &str, opts: Options) -> Result<Engine, WriteError> {
-        let client = conn::client(url).map_err(WriteError::Redis)?;
+        let target = Arc::new(Target::new(url, opts.cluster).map_err(WriteError::Redis)?);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             writer_id: writer_id(),
             opts,
         });
-        let sender = Sender::new(client.clone(), shared.clone());
+        let sender = Sender::new(target.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name("sse-redis-writer".into())
             .spawn(move || sender.run())
             .map_err(|e| WriteError::Redis(format!("cannot start the writer thread: {e}")))?;
-        Ok(Engine { shared, client, control: Mutex::new(None), sender: Mutex::new(Some(handle)) })
+        Ok(Engine { shared, target, control: Mutex::new(None), sender: Mutex::new(Some(handle)) })
     }
 
     /// A command on the control connection, reconnecting and retrying (every
     /// control command is idempotent) until the retry deadline.
-    fn control<T>(&self, f: impl Fn(&mut Connection) -> RedisResult<T>) -> Result<T, WriteError> {
+    fn control<T>(&self, f: impl Fn(&mut Link) -> RedisResult<T>) -> Result<T, WriteError> {
         let opts = &self.shared.opts;
         let deadline = Instant::now() + opts.retry_timeout;
         let mut delay = Duration::from_millis(10);
@@ -174,7 +178,7 @@ impl Engine {
         loop {
             let result = match slot.as_mut() {
                 Some(con) => f(con),
-                None => conn::connect(&self.client, opts.connect_timeout, Some(opts.socket_timeout))
+                None => self.target.connect(opts.connect_timeout, Some(opts.socket_timeout))
                     .and_then(|mut con| f(&mut con).map(|r| (con, r)).map(|(con, r)| {
                         *slot = Some(con);
                         r
@@ -406,16 +410,16 @@ fn writer_id() -> String {
 
 /// The background thread: takes what is ready, sends it, records the outcome.
 struct Sender {
-    client: Client,
+    target: Arc<Target>,
     shared: Arc<Shared>,
-    con: Option<Connection>,
+    con: Option<Link>,
     script: redis::Script,
     script_loaded: bool,
 }
 
 impl Sender {
-    fn new(client: Client, shared: Arc<Shared>) -> Sender {
-        Sender { client, shared, con: None, script: redis::Script::new(APPEND_SCRIPT), script_loaded: false }
+    fn new(target: Arc<Target>, shared: Arc<Shared>) -> Sender {
+        Sender { target, shared, con: None, script: redis::Script::new(APPEND_SCRIPT), script_loaded: false }
     }
 
     fn run(mut self) {
@@ -430,6 +434,12 @@ impl Sender {
                 }
                 take_batches(&mut state, self.shared.opts.flush_size)
             };
+            let mut batches = batches;
+            if self.target.is_cluster() {
+                // One script call covers one slot: gather each slot's batches
+                // (a stable sort keeps every run's batches in seq order).
+                batches.sort_by(|a, b| conn::slot_group(&a.key).cmp(conn::slot_group(&b.key)));
+            }
             let outcomes = self.send(&batches);
             let mut state = self.shared.lock();
             apply(&mut state, batches, outcomes);
@@ -465,25 +475,24 @@ impl Sender {
         }
     }
 
-    /// One script call per group of batches; one reply per batch.
+    /// One script call per group of batches (then `WAIT`, when asked); one reply per batch.
     fn pipeline(&mut self, batches: &[Batch]) -> RedisResult<Vec<RedisResult<Value>>> {
+        let opts = &self.shared.opts;
         if self.con.is_none() {
-            let opts = &self.shared.opts;
-            self.con = Some(conn::connect(&self.client, opts.connect_timeout, Some(opts.socket_timeout))?);
+            self.con = Some(self.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?);
         }
         let con = self.con.as_mut().expect("connected above");
         if !self.script_loaded {
-            self.script.prepare_invoke().load(con)?;
+            self.script.prepare_invoke().load(con)?; // every master, on a cluster
             self.script_loaded = true;
         }
-        let opts = &self.shared.opts;
         let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
         let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
-        let groups = groups(batches);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        let groups = groups(batches, self.target.is_cluster());
+        let mut cmds = Vec::with_capacity(groups.len());
         for group in &groups {
-            let cmd = pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(group.len());
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.script.get_hash()).arg(group.len());
             for batch in *group {
                 cmd.arg(&batch.key);
             }
@@ -494,11 +503,15 @@ impl Sender {
                     cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
                 }
             }
+            cmds.push(cmd);
         }
         self.shared.lock().stats.pipelines += 1;
-        let replies: Vec<RedisResult<Value>> = pipe.query(con)?;
+        let replies = match con.pipeline(cmds) {
+            Err(e) if e.code() == Some("NOSCRIPT") => vec![Err(e)], // a cluster fails the whole call
+            other => other?,
+        };
         if replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
-            self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH)
+            self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH, failover)
             return self.pipeline(batches);
         }
         // "Not now" (a restarted server still loading): retry the whole pipeline,
@@ -506,6 +519,9 @@ impl Sender {
         if let Some(Err(e)) = replies.iter().find(|r| matches!(r, Err(e) if conn::is_transient_reply(e))) {
             self.script_loaded = false; // a restarted server has no scripts either
             return Err(e.clone());
+        }
+        if opts.wait_replicas > 0 {
+            self.wait_replicas()?;
         }
         // A call's reply holds one reply per batch; a whole call failing fails each of them.
         let mut per_batch = Vec::with_capacity(batches.len());
@@ -518,14 +534,34 @@ impl Sender {
         }
         Ok(per_batch)
     }
+
+    /// `WAIT` for the replicas: until they have the batch, it is not acknowledged,
+    /// and the whole pipeline is sent again (the script skips what is stored).
+    fn wait_replicas(&mut self) -> RedisResult<()> {
+        let opts = &self.shared.opts;
+        let con = self.con.as_mut().expect("connected by pipeline");
+        let timeout_ms = opts.wait_timeout.as_millis().max(1) as u64;
+        let acked: u64 = redis::cmd("WAIT").arg(opts.wait_replicas).arg(timeout_ms).query(con)?;
+        if acked < opts.wait_replicas {
+            self.con = None; // a new connection re-learns the topology after a failover
+            // Retried like a broken link: the batch is not safe until replicated.
+            return Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{acked} of {} replicas acknowledged within {timeout_ms} ms", opts.wait_replicas),
+            )));
+        }
+        Ok(())
+    }
 }
 
-/// Consecutive batches, cut into script calls of at most `MAX_CALL_CHUNKS` chunks.
-fn groups(batches: &[Batch]) -> Vec<&[Batch]> {
+/// Consecutive batches, cut into script calls of at most `MAX_CALL_CHUNKS`
+/// chunks (and, on a cluster, of one slot each).
+fn groups(batches: &[Batch], cluster: bool) -> Vec<&[Batch]> {
     let mut groups = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, batch) in batches.iter().enumerate() {
-        if i > start && size + batch.chunks.len() > MAX_CALL_CHUNKS {
+        let other_slot = cluster && i > start && conn::slot_group(&batch.key) != conn::slot_group(&batches[start].key);
+        if i > start && (size + batch.chunks.len() > MAX_CALL_CHUNKS || other_slot) {
             groups.push(&batches[start..i]);
             (start, size) = (i, 0);
         }

@@ -38,7 +38,7 @@ impl ReaderHub {
     #[new]
     #[pyo3(signature = (url, *, queue_size = 256, batch_size = 100, block_ms = None,
                         check_interval = 10.0, retry_timeout = 30.0, connect_timeout = 5.0,
-                        socket_timeout = 10.0))]
+                        socket_timeout = 10.0, cluster = false))]
     #[allow(clippy::too_many_arguments)] // mirrors the pure twin's keyword arguments
     fn new(
         url: &str,
@@ -49,6 +49,7 @@ impl ReaderHub {
         retry_timeout: f64,
         connect_timeout: f64,
         socket_timeout: f64,
+        cluster: bool,
     ) -> PyResult<Self> {
         let secs = |v: f64, name: &str| {
             Duration::try_from_secs_f64(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0")))
@@ -58,6 +59,7 @@ impl ReaderHub {
             batch_size,
             block_ms,
             check_interval: secs(check_interval, "check_interval")?,
+            cluster,
             retry_timeout: secs(retry_timeout, "retry_timeout")?,
             connect_timeout: secs(connect_timeout, "connect_timeout")?,
             socket_timeout: secs(socket_timeout, "socket_timeout")?,

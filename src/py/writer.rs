@@ -27,7 +27,7 @@ impl WriterEngine {
     #[new]
     #[pyo3(signature = (url, *, flush_size = 50, ttl = Some(10800), max_len = Some(10000),
                         max_pending = 10000, retry_timeout = 30.0, connect_timeout = 5.0,
-                        socket_timeout = 10.0))]
+                        socket_timeout = 10.0, wait_replicas = 0, wait_timeout = 1.0, cluster = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         url: &str,
@@ -38,6 +38,9 @@ impl WriterEngine {
         retry_timeout: f64,
         connect_timeout: f64,
         socket_timeout: f64,
+        wait_replicas: u64,
+        wait_timeout: f64,
+        cluster: bool,
     ) -> PyResult<Self> {
         if flush_size == 0 || max_pending == 0 {
             return Err(PyValueError::new_err("flush_size and max_pending must be positive"));
@@ -50,6 +53,9 @@ impl WriterEngine {
             retry_timeout: seconds(retry_timeout, "retry_timeout")?,
             connect_timeout: seconds(connect_timeout, "connect_timeout")?,
             socket_timeout: seconds(socket_timeout, "socket_timeout")?,
+            wait_replicas,
+            wait_timeout: seconds(wait_timeout, "wait_timeout")?,
+            cluster,
         };
         Ok(WriterEngine { inner: Engine::new(url, opts)? })
     }
