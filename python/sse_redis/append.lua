@@ -48,6 +48,9 @@ for b = 1, #KEYS do
     explicit_ids = string.sub(entry[1], 1, 2) == '0-'
     if fields['writer'] == writer and top_seq >= last then
       status = 'dup'
+      -- A write of this connection, so that a WAIT after it also covers the
+      -- batch stored by an earlier connection (a retry after a lost reply).
+      redis.pcall('XSETID', key, entry[1])
     elseif fields['complete'] == 'true' then
       status = 'closed'
     end

@@ -1,8 +1,9 @@
 """Where Redis is: a URL, or a redis-py client whose settings are reused.
 
-Both engines take a URL (``redis://``, ``rediss://``, ``unix://``); a client
-is turned into one here.  URLs carry credentials, so anything printed goes
-through ``redact`` first.
+Both engines take a URL (``redis://``, ``rediss://``, ``unix://``) and a
+``cluster`` flag; a client is turned into them here (a ``RedisCluster`` into
+the URL of one of its nodes, which the engines use as their seed).  URLs carry
+credentials, so anything printed goes through ``redact`` first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,37 @@ def resolve_url(target: Any) -> str:
     if kwargs is None:
         raise TypeError(f"expected a Redis URL or a redis-py client, not {type(target).__name__}")
     return _url_from_kwargs(kwargs, getattr(pool, "connection_class", None))
+
+
+def resolve_target(target: Any, cluster: bool | None) -> tuple[str, bool]:
+    """``(url, cluster)`` for ``target``: a ``RedisCluster`` client (sync or
+    asyncio) means a cluster; a URL or plain client means ``cluster`` (default
+    one server)."""
+    if _is_cluster_client(target):
+        if cluster is False:
+            raise ValueError("a RedisCluster client was given with cluster=False")
+        return _cluster_url(target), True
+    if cluster is not None and not isinstance(cluster, bool):
+        raise TypeError(f"cluster must be a bool or None, not {type(cluster).__name__}")
+    url = resolve_url(target)
+    if cluster and url.startswith("unix:"):
+        raise ValueError("a Redis Cluster is reached over TCP: unix:// URLs cannot name its nodes")
+    return url, bool(cluster)
+
+
+def _is_cluster_client(target: Any) -> bool:
+    return hasattr(target, "get_default_node") and hasattr(target, "get_nodes")
+
+
+def _cluster_url(client: Any) -> str:
+    node = client.get_default_node()
+    if node is None:
+        raise ValueError("the RedisCluster client knows no node yet")
+    pool = getattr(getattr(node, "redis_connection", None), "connection_pool", None)
+    kwargs = dict(getattr(pool, "connection_kwargs", None) or getattr(node, "connection_kwargs", {}))
+    connection_class = getattr(pool, "connection_class", None) or kwargs.get("connection_class")
+    kwargs.update(host=node.host, port=node.port, db=0)
+    return _url_from_kwargs(kwargs, connection_class)
 
 
 def _url_from_kwargs(kwargs: dict[str, Any], connection_class: type | None) -> str:

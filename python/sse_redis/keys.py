@@ -78,13 +78,14 @@ KeyFunction = Callable[[str], str]
 Layout = Union[KeyLayout, KeyFunction]
 
 
-def resolve(layout: Layout | str | None) -> KeyFunction:
+def resolve(layout: Layout | str | None, *, cluster: bool = False) -> KeyFunction:
     """A layout object, a prefix string, or any callable ``run_id -> key``
-    (a callable still gets the run id validated first)."""
+    (a callable still gets the run id validated first).  On a cluster the
+    default is ``ClusterKeyLayout``: one blocking read per bucket, not per run."""
     if layout is None:
-        return KeyLayout()
+        return ClusterKeyLayout() if cluster else KeyLayout()
     if isinstance(layout, str):
-        return KeyLayout(layout)
+        return ClusterKeyLayout(layout) if cluster else KeyLayout(layout)
     if isinstance(layout, KeyLayout):
         return layout
     if callable(layout):

@@ -15,7 +15,7 @@ import time
 from typing import Any, AsyncIterator, Iterator
 
 from . import _backend, _fork, keys as _keys
-from .connection import redact, resolve_url
+from .connection import redact, resolve_target
 from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
 
 PING = ": ping\n\n"
@@ -137,6 +137,10 @@ class StreamReader:
 
     Make one per process and share it: all its reads share one hub, i.e. two
     Redis connections, however many readers.  ``keys`` must match the writer's.
+    On a cluster (``cluster=True``, or a ``RedisCluster`` client) the hub
+    blocks once per slot group that has readers: one connection per
+    ``ClusterKeyLayout`` bucket (the default layout there), plus the query
+    client's connections to the nodes.
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class StreamReader:
         queue_size: int = 256,
         check_interval: float = 10.0,
         retry_timeout: float = 30.0,
+        cluster: bool | None = None,
         backend: str | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("queue_size", queue_size)):
@@ -162,8 +167,8 @@ class StreamReader:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
         if ping_interval is not None and (not isinstance(ping_interval, (int, float)) or ping_interval <= 0):
             raise ValueError(f"ping_interval must be a positive number or None, not {ping_interval!r}")
-        self._url = resolve_url(redis)
-        self._key = _keys.resolve(keys)
+        self._url, self.cluster = resolve_target(redis, cluster)
+        self._key = _keys.resolve(keys, cluster=self.cluster)
         self._module = _backend.module(backend)
         self.backend = backend or _backend.BACKEND
         self.idle_timeout = float(idle_timeout)
@@ -175,6 +180,7 @@ class StreamReader:
             batch_size=batch_size,
             check_interval=float(check_interval),
             retry_timeout=float(retry_timeout),
+            cluster=self.cluster,
         )
         self._hub = _fork.PerProcess(lambda: self._module.ReaderHub(self._url, **self._hub_options))
         self._closed = False

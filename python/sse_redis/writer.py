@@ -15,7 +15,7 @@ import weakref
 from typing import Any
 
 from . import _backend, _fork, keys as _keys
-from .connection import redact, resolve_url
+from .connection import redact, resolve_target
 from .errors import RunClosedError, SSERedisError
 
 log = logging.getLogger("sse_redis")
@@ -42,6 +42,12 @@ class StreamWriter:
     pipeline while one is (group commit), ``flush_size`` per run per batch.
     ``flush_interval`` is the reference's knob and a bound this meets by
     construction: no chunk ever waits for a timer.
+
+    ``cluster=True`` (implied by a ``RedisCluster`` client) writes to a Redis
+    Cluster, the URL naming any node; keys default to ``ClusterKeyLayout``.
+    ``wait_replicas=N`` counts a chunk as stored (``flush`` returns) only once
+    ``N`` replicas have it (``WAIT``, up to ``wait_timeout`` per try, retried
+    until ``retry_timeout``), so a failover loses nothing acknowledged.
     """
 
     def __init__(
@@ -57,6 +63,9 @@ class StreamWriter:
         write_timeout: float | None = 30.0,
         retry_timeout: float = 30.0,
         connect_timeout: float = 5.0,
+        cluster: bool | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
         backend: str | None = None,
     ) -> None:
         _positive("flush_size", flush_size, int)
@@ -66,8 +75,11 @@ class StreamWriter:
         for name, value in (("ttl", ttl), ("max_len", max_len)):
             if value is not None:
                 _positive(name, value, int)
-        self._url = resolve_url(redis)
-        self._key = _keys.resolve(keys)
+        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
+            raise ValueError(f"wait_replicas must be an int >= 0, not {wait_replicas!r}")
+        _positive("wait_timeout", wait_timeout, (int, float))
+        self._url, self.cluster = resolve_target(redis, cluster)
+        self._key = _keys.resolve(keys, cluster=self.cluster)
         self._module = _backend.module(backend)
         self.backend = backend or _backend.BACKEND
         self.flush_interval = flush_interval
@@ -79,6 +91,9 @@ class StreamWriter:
             max_pending=max_pending,
             retry_timeout=float(retry_timeout),
             connect_timeout=float(connect_timeout),
+            wait_replicas=wait_replicas,
+            wait_timeout=float(wait_timeout),
+            cluster=self.cluster,
         )
         self._engine = _fork.PerProcess(lambda: self._module.WriterEngine(self._url, **self._options))
         self._closed = False

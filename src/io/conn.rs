@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Client, ClientTlsConfig, Cmd, Connection, ConnectionLike, RedisError, RedisResult, TlsCertificates, Value};
 
 /// Where Redis is: one server, or a cluster reached through its nodes.
@@ -157,8 +157,10 @@ pub enum Link {
 
 impl Link {
     /// Sends `cmds` in as few round trips as the kind allows: one pipeline, or
-    /// one per cluster node. Each reply is its own result on one server; on a
-    /// cluster a command error fails the whole call (redirections are followed).
+    /// one per cluster node. Each reply is its own result. A cluster pipeline
+    /// fails as a whole on any error reply (ASK mid-migration included), so
+    /// then each command goes again on its own, following redirections: the
+    /// callers' commands are safe to repeat.
     pub fn pipeline(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<RedisResult<Value>>> {
         match self {
             Link::Single(con) => {
@@ -171,11 +173,41 @@ impl Link {
             }
             Link::Cluster(con) => {
                 let mut pipe = cluster_pipe();
-                for cmd in cmds {
-                    pipe.add_command(cmd);
+                for cmd in &cmds {
+                    pipe.add_command(cmd.clone());
                 }
-                let replies: Vec<Value> = pipe.query(con)?;
-                Ok(replies.into_iter().map(Ok).collect())
+                match pipe.query::<Vec<Value>>(con) {
+                    Ok(replies) => Ok(replies.into_iter().map(Ok).collect()),
+                    Err(err) if is_link_error(&err) => Err(err),
+                    Err(_) => {
+                        let each: Vec<RedisResult<Value>> = cmds.iter().map(|cmd| con.req_command(cmd)).collect();
+                        match each.iter().find(|r| matches!(r, Err(e) if is_link_error(e))) {
+                            Some(Err(err)) => Err(err.clone()),
+                            _ => Ok(each),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `WAIT` on the connection that wrote `keys` (on a cluster, each slot's
+    /// master connection): the fewest replicas any acknowledged.
+    pub fn wait_replicas(&mut self, keys: &[&str], replicas: u64, timeout_ms: u64) -> RedisResult<u64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        match self {
+            Link::Single(con) => wait.query(con),
+            Link::Cluster(con) => {
+                let mut routes: Vec<Route> = keys.iter().map(|k| Route::with_key(k, SlotAddr::Master)).collect();
+                routes.sort_by_key(|r| format!("{r:?}"));
+                routes.dedup();
+                let mut fewest = replicas;
+                for route in routes {
+                    let reply = con.route_command(&wait, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)))?;
+                    fewest = fewest.min(redis::FromRedisValue::from_redis_value(reply)?);
+                }
+                Ok(fewest)
             }
         }
     }

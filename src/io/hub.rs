@@ -102,6 +102,7 @@ pub struct Stats {
     pub reconnects: u64,
     pub subscriptions: u64,
     pub watched: u64,
+    pub blockers: u64,
 }
 
 /// The keys one blocker waits on, with the last entry id it has of each.
@@ -377,7 +378,8 @@ impl Hub {
     pub fn stats(&self) -> Stats {
         let state = self.inner.lock();
         let watched = state.groups.values().map(|g| g.keys.len() as u64).sum();
-        Stats { subscriptions: state.subs.len() as u64, watched, ..state.stats.clone() }
+        let blockers = state.groups.len() as u64;
+        Stats { subscriptions: state.subs.len() as u64, watched, blockers, ..state.stats.clone() }
     }
 
     pub fn close(&self) {

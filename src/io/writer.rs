@@ -521,7 +521,7 @@ impl Sender {
             return Err(e.clone());
         }
         if opts.wait_replicas > 0 {
-            self.wait_replicas()?;
+            self.wait_replicas(batches)?;
         }
         // A call's reply holds one reply per batch; a whole call failing fails each of them.
         let mut per_batch = Vec::with_capacity(batches.len());
@@ -535,15 +535,16 @@ impl Sender {
         Ok(per_batch)
     }
 
-    /// `WAIT` for the replicas: until they have the batch, it is not acknowledged,
-    /// and the whole pipeline is sent again (the script skips what is stored).
-    fn wait_replicas(&mut self) -> RedisResult<()> {
+    /// `WAIT` for the replicas: until they have the batches, they are not
+    /// acknowledged, and the whole pipeline is sent again (the script skips
+    /// what is stored).
+    fn wait_replicas(&mut self, batches: &[Batch]) -> RedisResult<()> {
         let opts = &self.shared.opts;
         let con = self.con.as_mut().expect("connected by pipeline");
         let timeout_ms = opts.wait_timeout.as_millis().max(1) as u64;
-        let acked: u64 = redis::cmd("WAIT").arg(opts.wait_replicas).arg(timeout_ms).query(con)?;
+        let keys: Vec<&str> = batches.iter().map(|b| b.key.as_str()).collect();
+        let acked = con.wait_replicas(&keys, opts.wait_replicas, timeout_ms)?;
         if acked < opts.wait_replicas {
-            self.con = None; // a new connection re-learns the topology after a failover
             // Retried like a broken link: the batch is not safe until replicated.
             return Err(RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

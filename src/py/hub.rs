@@ -114,7 +114,8 @@ impl ReaderHub {
             ("reconnects", s.reconnects),
             ("subscriptions", s.subscriptions),
             ("watched", s.watched),
-            ("connections", 2),
+            ("blockers", s.blockers),
+            ("connections", 1 + s.blockers),
         ] {
             dict.set_item(name, value)?;
         }

@@ -7,9 +7,12 @@ hub's, on two threads:
 * the **fetcher** (query connection) catches a subscription up with
   ``XRANGE (last +`` (O(log n) for ``0-<seq>`` IDs), only as far as the
   subscription's queue has room, then hands it to the blocker ("live");
-* the **blocker** (a dedicated connection, no read timeout) waits on every
-  watched key at once with one ``XREAD BLOCK`` and fans entries out to the
-  live subscriptions of each key.
+* a **blocker** (a dedicated connection, no read timeout) waits on every
+  watched key of its group at once with one ``XREAD BLOCK`` and fans entries
+  out to the live subscriptions of each key.  One server has one group; a
+  cluster has one per slot group (hash tag), because one ``XREAD`` may only
+  name keys of one slot, each blocking on the slot's owner and following
+  MOVED there.
 
 A slow reader whose queue is full stops being live: it is fed by the fetcher
 again as it drains (notify-then-fetch), so it never makes the hub buffer
@@ -26,16 +29,17 @@ import time
 from collections import deque
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..errors import SSERedisError
+from . import links
+from .links import LINK_ERRORS
 
 # Subscription states a poll reports.
 PENDING, OK, MISSING, DONE, GONE, DOWN = "pending", "ok", "missing", "done", "gone", "down"
-LINK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+MIGRATING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)
 XREAD_COUNT = 1000
 SHORT_BLOCK_MS = 250  # without CLIENT UNBLOCK a new key waits at most this long
+MIGRATING_POLL = 0.02  # while a slot migrates, its keys are read by the fetcher this often
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
@@ -74,6 +78,19 @@ class _Sub:
         self.closed = False
 
 
+class _Group:
+    """The keys one blocker waits on, with the newest entry ID it has of each."""
+
+    __slots__ = ("keys", "version", "blocking_version", "client_id", "node")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[int, int]] = {}
+        self.version = 0  # bumped when a key joins
+        self.blocking_version = 0  # the key set the blocker's XREAD covers
+        self.client_id: int | None = None
+        self.node: str | None = None  # the cluster node it blocks on, or should reach
+
+
 class _Waker:
     """An event loop's wake-up: a socket the hub writes one byte to, and the
     subscriptions that became ready since the loop last looked."""
@@ -97,6 +114,7 @@ class ReaderHub:
         retry_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
+        cluster: bool = False,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be positive")
@@ -108,39 +126,30 @@ class ReaderHub:
         self._retry_timeout = retry_timeout
         self._down_since: float | None = None  # when Redis stopped answering
         self._connect_timeout = connect_timeout
-        self._query = self._connect(socket_timeout)
+        self._cluster = cluster
+        self._query = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # wakes the two hub threads
         self._subs: dict[int, _Sub] = {}
         self._by_key: dict[str, list[_Sub]] = {}
-        self._watched: dict[str, tuple[int, int]] = {}  # key -> newest ID the blocker has seen
+        self._groups: dict[str, _Group] = {}
         self._fetch_queue: deque[_Sub] = deque()
         self._wakers: dict[int, _Waker] = {}
         self._next_id = 1
-        self._version = 0  # bumped when a key joins the watch set
-        self._blocking_version = 0  # the watch set the blocker's XREAD covers
         self._unblock_wanted = False
-        self._blocker_client_id: int | None = None
         self._can_unblock: bool | None = None  # learned by probing
         self._closed = False
         self._stats = {"xreads": 0, "fetches": 0, "unblocks": 0, "checks": 0, "reconnects": 0}
-        self._threads = [
-            threading.Thread(target=self._blocker, name="sse-redis-hub", daemon=True),
-            threading.Thread(target=self._fetcher, name="sse-redis-fetch", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        threading.Thread(target=self._fetcher, name="sse-redis-fetch", daemon=True).start()
 
-    def _connect(self, socket_timeout: float | None, *, dedicated: bool = False) -> redis.Redis:
-        """A client of the hub's own; ``dedicated`` connects now and keeps one connection."""
-        return redis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=self._connect_timeout,
-            socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-            single_connection_client=dedicated,
-        )
+    def _group_of(self, key: str) -> str:
+        """The blocker group of ``key``: all keys on one server, its slot on a cluster."""
+        return links.slot_group(key) if self._cluster else ""
+
+    def _watched(self, key: str) -> tuple[int, int] | None:
+        group = self._groups.get(self._group_of(key))
+        return None if group is None else group.keys.get(key)
 
     # -- readers' side ---------------------------------------------------------
 
@@ -167,7 +176,9 @@ class ReaderHub:
                 subs.remove(sub)
             if not subs:
                 self._by_key.pop(sub.key, None)
-                self._watched.pop(sub.key, None)
+                group = self._groups.get(self._group_of(sub.key))
+                if group is not None:
+                    group.keys.pop(sub.key, None)
             waker = self._wakers.get(sub.waker) if sub.waker is not None else None
             if waker is not None and sid in waker.ready:
                 waker.ready.remove(sid)
@@ -230,8 +241,9 @@ class ReaderHub:
             return dict(
                 self._stats,
                 subscriptions=len(self._subs),
-                watched=len(self._watched),
-                connections=2,
+                watched=sum(len(g.keys) for g in self._groups.values()),
+                blockers=len(self._groups),
+                connections=1 + len(self._groups),
             )
 
     def close(self) -> None:
@@ -320,14 +332,15 @@ class ReaderHub:
                         sub.status = GONE  # not a stream any more (WRONGTYPE): nothing to follow
                         self._signal(sub)
 
-        # Let a blocked XREAD go now rather than at its timeout.
+        # Let blocked XREADs go now rather than at their timeout.
         with self._lock:
-            blocker_id, can = self._blocker_client_id, self._can_unblock
-        try:
-            if blocker_id is not None and can:
-                self._query.client_unblock(blocker_id)
-        except redis.RedisError:
-            pass
+            blocked = [(g.client_id, g.node) for g in self._groups.values() if g.client_id is not None]
+            can = self._can_unblock
+        for client_id, node in blocked if can else ():
+            try:
+                links.on_node(self._query, node, "CLIENT UNBLOCK", client_id)
+            except (redis.RedisError, *LINK_ERRORS):
+                pass  # best effort: a blocker also leaves at its block's end
         self._query.close()
 
     def _catch_up(self, sub: _Sub) -> None:
@@ -365,85 +378,136 @@ class ReaderHub:
             if len(raw) == count:
                 self._queue_fetch(sub)  # more to read, when there is room
                 return
-            watched = self._watched.get(sub.key)
+            watched = self._watched(sub.key)
             if watched is not None and watched > sub.last:
                 self._queue_fetch(sub)  # the blocker saw newer entries meanwhile
                 return
             sub.live = True
             if watched is None:
-                self._watched[sub.key] = sub.last
-                self._version += 1
+                name = self._group_of(sub.key)
+                group = self._groups.get(name)
+                if group is None:
+                    group = self._groups[name] = _Group()
+                    threading.Thread(
+                        target=self._blocker, args=(name,), name="sse-redis-hub", daemon=True
+                    ).start()
+                group.keys[sub.key] = sub.last
+                group.version += 1
                 self._unblock_wanted = True
                 self._changed.notify_all()
 
     def _unblock(self) -> None:
-        """Restart the blocker's XREAD so it covers the new keys."""
+        """Restart the XREAD of each blocker whose group has new keys, so that it covers them."""
         deadline = time.monotonic() + 0.05
         while True:
             with self._lock:
-                # Nothing to do when the blocker covers the keys already, or is
-                # parked (no keys: it re-reads them when woken).
-                if self._blocking_version >= self._version or self._closed or not self._watched:
+                if self._closed or not self._can_unblock:
+                    self._unblock_wanted = False
+                    return  # the blockers' short blocks pick the keys up
+                # A blocker not yet connected (no id) reads its keys when it starts.
+                behind = [
+                    (g.client_id, g.node)
+                    for g in self._groups.values()
+                    if g.blocking_version < g.version and g.keys and g.client_id is not None
+                ]
+                if not behind:
                     self._unblock_wanted = False
                     return
-                client_id, can = self._blocker_client_id, self._can_unblock
-            if not can or client_id is None:
-                with self._lock:
-                    self._unblock_wanted = False
-                return  # the blocker's short block picks the key up
-            woke = self._query.client_unblock(client_id)
-            self._count("unblocks")
-            if woke or time.monotonic() > deadline:
+            all_woke = True
+            for client_id, node in behind:
+                woke = links.on_node(self._query, node, "CLIENT UNBLOCK", client_id)
+                self._count("unblocks")
+                all_woke = all_woke and bool(woke)
+            if all_woke or time.monotonic() > deadline:
                 with self._lock:
                     self._unblock_wanted = False
                 return
-            time.sleep(0.0005)  # the blocker is between reads; it will see the key
+            time.sleep(0.0005)  # a blocker is between reads; it will see the keys
 
-    # -- the blocker thread ------------------------------------------------------
+    # -- the blocker threads -----------------------------------------------------
 
-    def _blocker(self) -> None:
+    def _blocker(self, name: str) -> None:
         client: redis.Redis | None = None
         next_check = time.monotonic() + self._check_interval
         delay = 0.01
+        attempt = 0  # which known cluster node to try when the owner is unknown
         while True:
             with self._lock:
-                while not self._watched and not self._closed:
+                while True:
+                    group = self._groups.get(name)
+                    if self._closed:
+                        break
+                    if group is not None and group.keys:
+                        break
+                    if self._cluster:
+                        # A cluster may have a group per run: an idle one leaves no thread.
+                        self._groups.pop(name, None)
+                        break
                     self._changed.wait()
-                if self._closed:
+                if self._closed or group is None or not group.keys:
                     break
             try:
                 if client is None:
-                    client = self._connect(None, dedicated=True)
-                    self._learn_unblock(client)
-                # The watch set is read only now, after connecting: a key added
+                    node = group.node
+                    if node is None and self._cluster:
+                        nodes = links.known_nodes(self._query)
+                        node = nodes[attempt % len(nodes)] if nodes else None
+                    client = links.connect_node(self._url, node, self._connect_timeout)
+                    client_id = self._learn_unblock(client)
+                    with self._lock:
+                        group.client_id, group.node = client_id, node
+                # The key set is read only now, after connecting: a key added
                 # while the blocker's id was still unknown (so that no one could
                 # unblock it) is in this XREAD.
                 with self._lock:
-                    streams = {key: "{}-{}".format(*last) for key, last in self._watched.items()}
-                    self._blocking_version = self._version
+                    streams = {key: "{}-{}".format(*last) for key, last in group.keys.items()}
+                    group.blocking_version = group.version
                 if not streams:
                     continue
                 reply = client.xread(streams, count=XREAD_COUNT, block=self._block_time())
                 self._count("xreads")
                 if reply:
-                    self._deliver(reply)
+                    self._deliver(group, reply)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self._check_interval
-                    self._check_exists(client)
+                    self._check_exists(group, client)
                 delay = 0.01
                 self._link_ok()
+            except redis.exceptions.MovedError as exc:
+                client = self._drop(client)  # the slot has a new owner: block there
+                with self._lock:
+                    group.client_id, group.node = None, links.redirect(exc)[1]  # type: ignore[index]
+            except MIGRATING:
+                self._migrating(group)
             except LINK_ERRORS:
-                if client is not None:
-                    client.close()
-                client = None
+                client = self._drop(client)
+                with self._lock:
+                    group.client_id, group.node = None, None  # any live node redirects to the owner
+                attempt += 1
                 self._count("reconnects")
                 self._link_failed()
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except redis.ResponseError:
                 time.sleep(0.1)  # e.g. a watched key is not a stream; the fetcher reports it
+        self._drop(client)
+
+    @staticmethod
+    def _drop(client: redis.Redis | None) -> None:
         if client is not None:
             client.close()
+
+    def _migrating(self, group: _Group) -> None:
+        """The group's slot is being migrated, so one XREAD cannot see all its
+        keys: its live readers go back to the fetcher, whose cluster client
+        follows each key (ASK), until the blocker's next try."""
+        with self._lock:
+            for key in group.keys:
+                for sub in self._by_key.get(key, ()):
+                    if sub.live:
+                        sub.live = False
+                        self._queue_fetch(sub)
+        time.sleep(MIGRATING_POLL)
 
     def _block_time(self) -> int:
         if self._block_ms is not None:
@@ -452,8 +516,8 @@ class ReaderHub:
             return max(1, int(self._check_interval * 1000))
         return SHORT_BLOCK_MS
 
-    def _learn_unblock(self, client: redis.Redis) -> None:
-        """Learn the blocker's client id and whether this user may CLIENT UNBLOCK."""
+    def _learn_unblock(self, client: redis.Redis) -> int:
+        """The connection's client id; learns whether this user may CLIENT UNBLOCK."""
         client_id = client.client_id()
         try:
             client.client_unblock(0)  # no such client: a no-op when permitted
@@ -461,25 +525,26 @@ class ReaderHub:
         except redis.ResponseError:
             can = False  # NOPERM: a least-privilege user; fall back to short blocks
         with self._lock:
-            self._blocker_client_id, self._can_unblock = client_id, can
+            self._can_unblock = can
+        return client_id
 
-    def _deliver(self, reply: list) -> None:
+    def _deliver(self, group: _Group, reply: list) -> None:
         with self._lock:
             for raw_key, raw_entries in reply:
                 key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-                if key not in self._watched or not raw_entries:
+                if key not in group.keys or not raw_entries:
                     continue
                 entries = [to_entry(i, f) for i, f in raw_entries]
-                self._watched[key] = parse_id(entries[-1][0])
+                group.keys[key] = parse_id(entries[-1][0])
                 for sub in self._by_key.get(key, ()):
                     if sub.live and not self._push(sub, entries):
                         sub.live = False  # a slow reader: the fetcher feeds it as it drains
                         self._queue_fetch(sub)
 
-    def _check_exists(self, client: redis.Redis) -> None:
+    def _check_exists(self, group: _Group, client: redis.Redis) -> None:
         """Notice streams that expired while followed (expiry does not wake XREAD)."""
         with self._lock:
-            keys = [k for k in self._watched if any(s.status == OK for s in self._by_key.get(k, ()))]
+            keys = [k for k in group.keys if any(s.status == OK for s in self._by_key.get(k, ()))]
         if not keys:
             return
         self._count("checks")

@@ -18,8 +18,6 @@ from collections import deque
 from importlib import resources
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..errors import (
     RedisUnavailable,
@@ -28,27 +26,18 @@ from ..errors import (
     StaleWriterError,
     WriteTimeout,
 )
+from . import links
+from .links import LINK_ERRORS
 
 APPEND_SCRIPT = resources.files("sse_redis").joinpath("append.lua").read_text()
 # Bounds on chunks per pipeline and per script call, so that one round trip,
 # and one script's time on the server, stay short.
 MAX_PIPELINE_CHUNKS = 2048
 MAX_CALL_CHUNKS = 512
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+RETRYABLE = LINK_ERRORS
 
 
-def connect(url: str, connect_timeout: float, socket_timeout: float | None) -> redis.Redis:
-    """A client of our own for ``url``; retries are ours, not redis-py's."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
-    )
-
-
-def read_top(client: redis.Redis, key: str) -> tuple[int, bool]:
+def read_top(client: links.Client, key: str) -> tuple[int, bool]:
     """``(seq_id, complete)`` of the stream's last entry, ``(0, False)`` if none."""
     entries = client.xrevrange(key, "+", "-", count=1)
     if not entries:
@@ -95,8 +84,16 @@ class WriterEngine:
         retry_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        cluster: bool = False,
     ) -> None:
-        self._client = connect(url, connect_timeout, socket_timeout)
+        # The sender has a client of its own: WAIT counts the writes of its connection.
+        self._client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
+        self._sender_client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
+        self._cluster = cluster
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = max(1, int(wait_timeout * 1000))
         self._flush_size = flush_size
         self._ttl = b"" if ttl is None else str(ttl).encode()
         self._max_len = b"" if max_len is None else str(max_len).encode()
@@ -273,8 +270,13 @@ class WriterEngine:
                 while not self._ready and not self._closed:
                     self._cv.wait()
                 if not self._ready:
+                    self._sender_client.close()
                     return
                 batches = self._take_batches()
+            if self._cluster:
+                # One script call covers one slot: gather each slot's batches
+                # (a stable sort keeps every run's batches in seq order).
+                batches.sort(key=lambda batch: links.slot_group(batch[0].key))
             outcomes = self._send(batches)
             with self._cv:
                 self._apply(batches, outcomes)
@@ -317,11 +319,12 @@ class WriterEngine:
                 delay = min(delay * 2, 1.0)
 
     def _pipeline(self, batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
-        """One script call per group of batches; one outcome per batch."""
+        """One script call per group of batches (then WAIT, when asked); one outcome per batch."""
+        client = self._sender_client
         if self._sha is None:
-            self._sha = self._client.script_load(APPEND_SCRIPT)
-        groups = _groups(batches)
-        pipe = self._client.pipeline(transaction=False)
+            self._sha = client.script_load(APPEND_SCRIPT)  # every master, on a cluster
+        groups = _groups(batches, self._cluster)
+        calls: list[tuple[str, tuple]] = []
         for group in groups:
             keys = [run.key for run, _ in group]
             args: list[object] = [self._writer_id, self._max_len, self._ttl]
@@ -329,10 +332,22 @@ class WriterEngine:
                 args += (chunks[0].seq, len(chunks))
                 for chunk in chunks:
                     args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
+            calls.append((keys[0], ("EVALSHA", self._sha, len(keys), *keys, *args)))
         self._count("pipelines")
+        replies, servers = links.pipeline(client, calls)
+        transient = next((r for r in replies if isinstance(r, LINK_ERRORS)), None)
+        if transient is not None:
+            raise transient  # "not now" (e.g. -LOADING, -TRYAGAIN): resend it all, safely
+        if self._wait_replicas and not any(_is_noscript(r) for r in replies):
+            # Until the replicas have the batches they are not acknowledged, and
+            # the pipeline is sent again (the script skips what is stored).
+            acked = links.wait_replicas(servers, self._wait_replicas, self._wait_timeout_ms)
+            if acked < self._wait_replicas:
+                raise redis.TimeoutError(
+                    f"{acked} of {self._wait_replicas} replicas acknowledged within {self._wait_timeout_ms} ms"
+                )
         outcomes: list[object] = []
-        for group, reply in zip(groups, pipe.execute(raise_on_error=False)):
+        for group, reply in zip(groups, replies):
             # a whole call failing (e.g. NOSCRIPT) fails each of its batches
             outcomes += [reply] * len(group) if isinstance(reply, BaseException) else list(reply)
         return outcomes
@@ -370,12 +385,16 @@ class _AlreadyComplete(Exception):
     """A batch holding only a terminal chunk found the run already closed."""
 
 
-def _groups(batches: list[tuple[_Run, list[_Chunk]]]) -> list[list[tuple[_Run, list[_Chunk]]]]:
-    """Consecutive batches, cut into script calls of at most MAX_CALL_CHUNKS chunks."""
+def _groups(
+    batches: list[tuple[_Run, list[_Chunk]]], cluster: bool
+) -> list[list[tuple[_Run, list[_Chunk]]]]:
+    """Consecutive batches, cut into script calls of at most MAX_CALL_CHUNKS
+    chunks (and, on a cluster, of one slot each)."""
     groups: list[list[tuple[_Run, list[_Chunk]]]] = []
     size = MAX_CALL_CHUNKS
     for batch in batches:
-        if size + len(batch[1]) > MAX_CALL_CHUNKS:
+        other_slot = cluster and groups and links.slot_group(batch[0].key) != links.slot_group(groups[-1][0][0].key)
+        if size + len(batch[1]) > MAX_CALL_CHUNKS or other_slot:
             groups.append([])
             size = 0
         groups[-1].append(batch)

@@ -1,0 +1,143 @@
+"""Connections of the pure engines (twin of ``src/io/conn.rs``): one server,
+or a Redis Cluster through redis-py's ``RedisCluster``, which follows MOVED
+and ASK by itself and learns every node (so a reconnect after a failover does
+not depend on the first URL's node being alive)."""
+
+from __future__ import annotations
+
+from typing import Union
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+Client = Union[redis.Redis, RedisCluster]
+
+# A broken link, or a server that only means "not now": worth retrying.
+LINK_ERRORS = (
+    redis.ConnectionError,  # BusyLoadingError (-LOADING) included
+    redis.TimeoutError,
+    redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError included
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,  # a demoted master, until the slot map catches up
+    redis.exceptions.RedisClusterException,  # no node reachable, slot not covered
+    OSError,
+)
+
+
+def connect(
+    url: str, connect_timeout: float, socket_timeout: float | None, *, cluster: bool = False
+) -> Client:
+    """A client of our own for ``url``; retries are ours, not redis-py's."""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            decode_responses=False,
+        )
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+
+
+def connect_node(url: str, node: str | None, connect_timeout: float) -> redis.Redis:
+    """One connection, no read timeout, for blocking reads: to ``url``'s server,
+    or to the cluster node ``node`` (``host:port``) with ``url``'s credentials."""
+    if node is not None:
+        parts = urlsplit(url)
+        auth = parts.netloc.rpartition("@")[0]
+        url = urlunsplit(parts._replace(netloc=f"{auth}@{node}" if auth else node))
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=None,
+        retry=Retry(NoBackoff(), 0),
+        single_connection_client=True,
+    )
+
+
+def known_nodes(client: Client) -> list[str]:
+    """``host:port`` of every node a cluster client knows (the seed alone else)."""
+    if isinstance(client, RedisCluster):
+        return [f"{n.host}:{n.port}" for n in client.get_nodes()]
+    return []
+
+
+def on_node(client: Client, node: str | None, *args: object) -> object:
+    """A command on the cluster node ``node``; any command on one server."""
+    if isinstance(client, RedisCluster) and node is not None:
+        host, _, port = node.rpartition(":")
+        target = client.get_node(host=host, port=int(port))
+        if target is None:
+            raise redis.ConnectionError(f"no cluster node {node}")
+        return client.execute_command(*args, target_nodes=target)
+    return client.execute_command(*args)
+
+
+def pipeline(client: Client, calls: list[tuple[str, tuple]]) -> tuple[list[object], list[redis.Redis]]:
+    """Sends ``calls`` (``(routing key, command)``) in one pipeline per server;
+    the replies (an error in place of its reply) and the servers written to.
+
+    On a cluster (redis-py refuses scripts in its cluster pipeline) each node
+    gets a plain pipeline of its calls; a call the node redirects (the slot
+    moved, or is moving: MOVED, ASK, TRYAGAIN) is sent once more through the
+    cluster client, which follows the redirection.
+    """
+    if not isinstance(client, RedisCluster):
+        pipe = client.pipeline(transaction=False)
+        for _, command in calls:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False), [client]
+    by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
+    for index, (key, _) in enumerate(calls):
+        node = client.get_node_from_key(key)
+        by_node.setdefault(node.name, (node.redis_connection, []))[1].append(index)
+    replies: list[object] = [None] * len(calls)
+    for server, indexes in by_node.values():
+        pipe = server.pipeline(transaction=False)
+        for index in indexes:
+            pipe.execute_command(*calls[index][1])
+        for index, reply in zip(indexes, pipe.execute(raise_on_error=False)):
+            replies[index] = reply
+    servers = [server for server, _ in by_node.values()]
+    for index, reply in enumerate(replies):
+        if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.TryAgainError)):
+            key, command = calls[index]
+            try:
+                replies[index] = client.execute_command(*command)
+            except redis.ResponseError as exc:
+                replies[index] = exc
+            servers.append(client.get_node_from_key(key).redis_connection)
+    return replies, servers
+
+
+def wait_replicas(servers: list[redis.Redis], replicas: int, timeout_ms: int) -> int:
+    """``WAIT`` on each server written to (the connection that wrote: one
+    thread, one pooled connection); the fewest replicas any acknowledged."""
+    unique = {id(server): server for server in servers}.values()
+    return min(int(server.execute_command("WAIT", replicas, timeout_ms)) for server in unique)
+
+
+def slot_group(key: str) -> str:
+    """The hash tag of ``key`` (what a cluster hashes to pick its slot), else
+    the key: keys with the same group share a slot."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def redirect(exc: BaseException) -> tuple[bool, str] | None:
+    """``(moved, host:port)`` of a MOVED/ASK reply, else ``None``."""
+    if isinstance(exc, redis.exceptions.AskError):  # MovedError included
+        return isinstance(exc, redis.exceptions.MovedError), f"{exc.host}:{exc.port}"
+    return None
