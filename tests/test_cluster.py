@@ -237,3 +237,46 @@ def test_plain_client_still_means_one_server(valkey_cluster):
         assert StreamWriter(client).cluster is False
     finally:
         client.close()
+
+
+def test_letta_facade_with_a_cluster_client(backend, valkey_cluster, run_id):
+    """The Letta names accept a ``redis.asyncio`` ``RedisCluster`` and keep the
+    reference's key names (``sse:run:<run_id>``) there."""
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    from sse_redis.compat.letta import RedisSSEStreamWriter, redis_sse_stream_generator
+
+    run = run_id()
+    chunks = [f'data: {{"i": {i}, "run_id": null, "seq_id": null}}\n\n' for i in range(1, 4)]
+
+    async def main() -> list[str]:
+        client = AsyncRedisCluster.from_url(valkey_cluster.seed_url)
+        try:
+            writer = RedisSSEStreamWriter(client, backend=backend)
+            for chunk in chunks:
+                await writer.write_chunk(run, chunk)
+            await writer.mark_complete(run)
+            await writer.stop()
+            return [c async for c in redis_sse_stream_generator(client, run, backend=backend)]
+        finally:
+            await client.aclose()
+
+    got = asyncio.run(main())
+    assert len(got) == 4 and got[-1].startswith("data: [DONE]")
+    assert [f'"i": {i}, "run_id": "{run}", "seq_id": {i}' in c for i, c in enumerate(got[:3], 1)] == [True] * 3
+    owner = valkey_cluster.master_for_slot(valkey_cluster.key_slot(f"sse:run:{run}"))
+    assert valkey_cluster.client(owner.port).xlen(f"sse:run:{run}") == 4
+
+
+def test_cli_tail_follows_a_run_on_a_cluster(backend, valkey_cluster, make_writer, run_id, capsys):
+    from sse_redis import cli
+
+    run = run_id()
+    writer = make_writer(valkey_cluster.seed_url, cluster=True)
+    for i in range(1, 4):
+        writer.write(run, payload(i))
+    writer.complete(run)
+    argv = ["tail", run, "--redis-url", valkey_cluster.seed_url, "--cluster", "--backend", backend]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("id:")] == ["id: 1", "id: 2", "id: 3", "id: 4"]

@@ -387,7 +387,7 @@ def test_generators_share_one_reader(backend, redis_url, run_id):
             await client.aclose()
 
     assert asyncio.run(main()) == [[msg(1), msg(2), DONE]] * 6
-    mine = [key for key in compat._readers if key[0] == redis_url and key[1] == backend and key[2] == 100]
+    mine = [key for key in compat._readers if key[0] == redis_url and key[2] == backend and key[3] == 100]
     assert len(mine) == 1
 
 

@@ -66,6 +66,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         missing_timeout=args.missing_timeout,
         retry_timeout=args.retry_timeout,
+        cluster=args.cluster,
     )
     try:
         for chunk in reader.read(args.run_id, starting_after=args.starting_after):
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--idle-timeout", type=float, default=600.0, help="give up after this many idle seconds")
     tail.add_argument("--missing-timeout", type=float, default=30.0, help="wait this long for the stream to appear")
     tail.add_argument("--retry-timeout", type=float, default=30.0, help="give up after Redis is unreachable this long")
+    tail.add_argument("--cluster", action="store_true", help="the URL names a node of a Redis Cluster")
     tail.set_defaults(func=cmd_tail)
 
     bench = sub.add_parser("bench", help="writer, reader and codec benchmarks, Rust vs pure")

@@ -50,9 +50,12 @@ def _is_cluster_client(target: Any) -> bool:
 
 
 def _cluster_url(client: Any) -> str:
-    node = client.get_default_node()
+    node = client.get_default_node()  # an asyncio client knows its seeds only, until first used
     if node is None:
-        raise ValueError("the RedisCluster client knows no node yet")
+        seeds = getattr(getattr(client, "nodes_manager", None), "startup_nodes", None) or {}
+        node = next(iter(seeds.values()), None)
+    if node is None:
+        raise ValueError("the RedisCluster client knows no node")
     pool = getattr(getattr(node, "redis_connection", None), "connection_pool", None)
     kwargs = dict(getattr(pool, "connection_kwargs", None) or getattr(node, "connection_kwargs", {}))
     connection_class = getattr(pool, "connection_class", None) or kwargs.get("connection_class")

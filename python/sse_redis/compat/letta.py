@@ -49,7 +49,8 @@ from types import SimpleNamespace
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from .. import _backend
-from ..connection import resolve_url
+from ..connection import resolve_target
+from ..keys import KeyLayout
 from ..reader import AsyncStreamReader
 from ..writer import AsyncStreamWriter, error_chunk
 
@@ -111,8 +112,9 @@ def make_run_update(status: str, stop_reason: str | None, metadata: dict | None 
 
 
 def _target(redis_client: Any) -> Any:
-    """What ``resolve_url`` understands: a URL or a redis-py client as they
-    are; Letta's ``AsyncRedisClient`` wrapper through its ``pool``."""
+    """What ``resolve_target`` understands: a URL or a redis-py client (a
+    ``RedisCluster`` too) as they are; Letta's ``AsyncRedisClient`` wrapper
+    through its ``pool``."""
     if isinstance(redis_client, str) or getattr(redis_client, "connection_pool", None) is not None:
         return redis_client
     pool = getattr(redis_client, "pool", None)
@@ -135,19 +137,22 @@ def _shared_writer(url: str, options: dict[str, Any]) -> AsyncStreamWriter:
     with _lock:
         writer = _writers.get(key)
         if writer is None:
-            writer = _writers[key] = AsyncStreamWriter(url, **options)
+            writer = _writers[key] = AsyncStreamWriter(url, keys=KeyLayout(), **options)
         return writer
 
 
 def _shared_reader(redis_client: Any, backend: str | None, batch_size: int) -> AsyncStreamReader:
     """One reader (one hub: two connections) per server, backend and batch
     size, shared by every ``redis_sse_stream_generator``."""
-    url = resolve_url(_target(redis_client))
-    key = (url, backend or _backend.BACKEND, batch_size)
+    url, cluster = resolve_target(_target(redis_client), None)
+    key = (url, cluster, backend or _backend.BACKEND, batch_size)
     with _lock:
         reader = _readers.get(key)
         if reader is None:
-            reader = _readers[key] = AsyncStreamReader(url, backend=backend, batch_size=batch_size)
+            # The reference's key names, on a cluster too (one blocker per run there).
+            reader = _readers[key] = AsyncStreamReader(
+                url, keys=KeyLayout(), cluster=cluster, backend=backend, batch_size=batch_size
+            )
         return reader
 
 
@@ -212,8 +217,9 @@ class RedisSSEStreamWriter:
         self.flush_size = flush_size
         self.stream_ttl = stream_ttl_seconds
         self.max_stream_length = max_stream_length
-        self._url = resolve_url(_target(redis_client))
+        self._url, cluster = resolve_target(_target(redis_client), None)
         self._options = dict(
+            cluster=cluster,
             flush_interval=flush_interval,
             flush_size=flush_size,
             ttl=stream_ttl_seconds,
