@@ -1152,3 +1152,42 @@ def test_wait_replicas_on_one_server(backend, dedicated_server, make_writer, run
     stuck.write(run, "data: 1\n\n")
     with pytest.raises(RedisUnavailable, match="replicas acknowledged"):
         stuck.flush()
+
+
+def test_fast_path_still_sees_a_deleted_stream(backend, redis_url, make_writer, plain_client, run_id):
+    """A run's batches after its first skip reading the stream's top (trusted);
+    a stream deleted meanwhile still fails the next batch, never recreated with
+    a gap (XADD NOMKSTREAM)."""
+    r = plain_client(redis_url)
+    run = run_id()
+    writer = make_writer(redis_url)
+    for i in range(1, 4):
+        writer.write(run, chunk(i))
+    writer.flush()
+    r.delete(f"sse:run:{run}")
+    writer.write(run, chunk(4))
+    with pytest.raises(StaleWriterError, match="vanished"):
+        writer.flush()
+    assert not r.exists(f"sse:run:{run}")
+
+
+def test_new_connection_rechecks_the_top(backend, dedicated_server, make_writer, plain_client, run_id):
+    """Trust is per connection: once the writer's connection is replaced (as
+    after a server restart that lost the stream's tail), its next batch reads
+    the top again and finds the gap: StaleWriterError, nothing appended."""
+    redis_url = dedicated_server().url
+    r = plain_client(redis_url)
+    run = run_id()
+    key = f"sse:run:{run}"
+    writer = make_writer(redis_url)
+    for i in range(1, 4):
+        writer.write(run, chunk(i))
+    writer.flush()
+    r.delete(key)  # the tail is "lost": seqs 1..2 only
+    for i in (1, 2):
+        r.xadd(key, {"seq_id": i, "data": chunk(i), "timestamp": 0, "writer": "another"}, id=f"0-{i}")
+    r.client_kill_filter(_type="normal", skipme=True)
+    writer.write(run, chunk(4))
+    with pytest.raises(StaleWriterError, match="at seq 2, not 3"):
+        writer.flush()
+    assert r.xlen(key) == 2

@@ -2,8 +2,13 @@
 -- (both engines send this script, one call carrying many runs' batches).
 -- KEYS     one stream key per batch, in order (a run may have several)
 -- ARGV     writer id, MAXLEN ('' = no trimming), TTL seconds ('' = none),
---          then per batch: first seq, chunk count, and per chunk:
---          data, timestamp ms, complete ('1' or '')
+--          then per batch: first seq, chunk count, trusted ('1' or ''), and
+--          per chunk: data, timestamp ms, complete ('1' or '')
+--          Trusted: this writer stored the seq before it, on the connection
+--          sending this, so only another writer can have moved the stream on,
+--          and XADD itself refuses an ID at or below the stream's top: the
+--          batch is appended without reading the top first (the fast path),
+--          and the top is read only when that XADD is refused.
 -- Returns  one {status, top seq} per batch:
 --          'ok'        stored now (top = its last seq)
 --          'dup'       this writer stored it before (a retry after a lost reply)
@@ -28,17 +33,44 @@ local function append(key, id, seq, data, ts, complete)
                     'timestamp', ts, 'writer', writer)
 end
 
+-- The first chunk of a trusted batch: refused (an error reply, or nil when
+-- the stream is gone: NOMKSTREAM) unless its ID is above the stream's top.
+local function append_first(key, seq, data, ts)
+  local id = '0-' .. seq
+  if seq == 1 then
+    return redis.pcall('XADD', key, 'MAXLEN', '~', maxlen == '' and '9223372036854775807' or maxlen, id,
+                       'seq_id', seq, 'data', data, 'timestamp', ts, 'writer', writer)
+  end
+  return redis.pcall('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', maxlen == '' and '9223372036854775807' or maxlen,
+                     id, 'seq_id', seq, 'data', data, 'timestamp', ts, 'writer', writer)
+end
+
 local results = {}
+local tops = {} -- key -> last seq this call stored: its next batch is trusted too
 local at = 4
 for b = 1, #KEYS do
   local key = KEYS[b]
   local first, count = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-  local chunks_at = at + 2
+  local trusted = ARGV[at + 2] == '1' or tops[key] == first - 1
+  local chunks_at = at + 3
   at = chunks_at + 3 * count
   local last = first + count - 1
   local status, top_seq, explicit_ids = nil, 0, true
-  local newest = redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1)
-  if newest.err then
+  if trusted and ARGV[chunks_at + 2] ~= '1' then -- (a lone terminal takes the checked path)
+    local stored = append_first(key, first, ARGV[chunks_at], ARGV[chunks_at + 1])
+    if type(stored) == 'string' then
+      for i = 1, count - 1 do
+        local seq, c = first + i, chunks_at + 3 * i
+        append(key, '0-' .. seq, seq, ARGV[c], ARGV[c + 1], ARGV[c + 2] == '1')
+      end
+      if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
+      status, top_seq = 'ok', last
+    end
+  end
+  local newest = status == nil and redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1) or {}
+  if status ~= nil then
+    -- stored by the fast path
+  elseif newest.err then
     status = 'wrongtype'
   elseif newest[1] then
     local entry, fields = newest[1], {}
@@ -64,6 +96,7 @@ for b = 1, #KEYS do
     if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
     status, top_seq = 'ok', last
   end
+  if status == 'ok' then tops[key] = last end
   results[b] = {status, top_seq}
 end
 return results

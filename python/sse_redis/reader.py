@@ -353,12 +353,12 @@ class AsyncStreamReader:
         sid = hub.subscribe(key, follow.cursor, waker.id)
         deadline = _Deadline(waker.loop)
         try:
-            state = "ok"
             while not follow.finished:
-                ready = waker.arm(sid)
                 entries, state = hub.poll(sid)
                 if not entries and state in ("ok", "missing", "pending"):
-                    await deadline.wait(ready, follow.timeout(state))
+                    # Armed after the poll: a push since then is in the waker's
+                    # ready list (the poll reset the notice), so it wakes us.
+                    await deadline.wait(waker.arm(sid), follow.timeout(state))
                     entries, state = hub.poll(sid)
                 for chunk in follow.chunks(entries, state):
                     yield chunk

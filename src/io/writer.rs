@@ -66,6 +66,9 @@ struct Run {
     error: Option<WriteError>,
     ready: bool,
     in_flight: usize,
+    /// The sender connection that stored its last batch: the next batch sent
+    /// on it may skip reading the stream's top (see `append.lua`, trusted).
+    trusted_on: Option<u64>,
 }
 
 #[derive(Default, Clone)]
@@ -107,6 +110,7 @@ struct Batch {
     key: String,
     gen: u64,
     chunks: Vec<Chunk>,
+    trusted_on: Option<u64>,
 }
 
 enum Outcome {
@@ -228,6 +232,7 @@ impl Engine {
             error: None,
             ready: false,
             in_flight: 0,
+            trusted_on: None,
         });
         state.next_gen += 1;
         Ok(())
@@ -413,13 +418,15 @@ struct Sender {
     target: Arc<Target>,
     shared: Arc<Shared>,
     con: Option<Link>,
+    /// Which connection `con` is: bumped at each connect.
+    con_id: u64,
     script: redis::Script,
     script_loaded: bool,
 }
 
 impl Sender {
     fn new(target: Arc<Target>, shared: Arc<Shared>) -> Sender {
-        Sender { target, shared, con: None, script: redis::Script::new(APPEND_SCRIPT), script_loaded: false }
+        Sender { target, shared, con: None, con_id: 0, script: redis::Script::new(APPEND_SCRIPT), script_loaded: false }
     }
 
     fn run(mut self) {
@@ -442,7 +449,7 @@ impl Sender {
             }
             let outcomes = self.send(&batches);
             let mut state = self.shared.lock();
-            apply(&mut state, batches, outcomes);
+            apply(&mut state, batches, outcomes, self.con_id);
             self.shared.changed.notify_all();
         }
     }
@@ -480,6 +487,7 @@ impl Sender {
         let opts = &self.shared.opts;
         if self.con.is_none() {
             self.con = Some(self.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?);
+            self.con_id += 1;
         }
         let con = self.con.as_mut().expect("connected above");
         if !self.script_loaded {
@@ -489,6 +497,16 @@ impl Sender {
         let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
         let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
         let groups = groups(batches, self.target.is_cluster());
+        // Trusted: the run's last batch landed on this very connection. Only
+        // the first batch of a run in a pipeline; the script trusts the next
+        // ones of a call itself. Never on a cluster, where the client may move
+        // to another node (a promoted replica) without a new connection.
+        let mut seen = std::collections::HashSet::new();
+        let trusted: Vec<bool> = batches
+            .iter()
+            .map(|b| seen.insert(b.key.as_str()) && !self.target.is_cluster() && b.trusted_on == Some(self.con_id))
+            .collect();
+        let mut trusted = trusted.into_iter();
         let mut cmds = Vec::with_capacity(groups.len());
         for group in &groups {
             let mut cmd = redis::cmd("EVALSHA");
@@ -498,7 +516,8 @@ impl Sender {
             }
             cmd.arg(&self.shared.writer_id).arg(&max_len).arg(&ttl);
             for batch in *group {
-                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len());
+                let trust = if trusted.next().expect("one per batch") { "1" } else { "" };
+                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(trust);
                 for chunk in &batch.chunks {
                     cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
                 }
@@ -587,7 +606,8 @@ fn take_batches(state: &mut State, flush_size: usize) -> Vec<Batch> {
         while !run.queue.is_empty() && room > 0 {
             let take = flush_size.min(run.queue.len()).min(room);
             run.in_flight += take;
-            batches.push(Batch { key: key.clone(), gen: run.gen, chunks: run.queue.drain(..take).collect() });
+            let chunks = run.queue.drain(..take).collect();
+            batches.push(Batch { key: key.clone(), gen: run.gen, chunks, trusted_on: run.trusted_on });
             room -= take;
         }
         if run.queue.is_empty() {
@@ -633,7 +653,7 @@ fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
 }
 
 /// Records what each batch did.
-fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>) {
+fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id: u64) {
     for (batch, outcome) in batches.into_iter().zip(outcomes) {
         state.pending -= batch.chunks.len();
         state.stats.batches += 1;
@@ -648,6 +668,7 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>) {
             Outcome::Stored => {
                 let last = batch.chunks.last().expect("batches are never empty");
                 run.stored = last.seq;
+                run.trusted_on = Some(con_id);
                 let finished = last.complete;
                 state.stats.chunks += batch.chunks.len() as u64;
                 if finished {

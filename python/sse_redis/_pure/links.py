@@ -5,6 +5,7 @@ not depend on the first URL's node being alive)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Union
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,6 +48,28 @@ def connect(
     )
 
 
+_serials = itertools.count(1)
+
+
+def number_connections(client: redis.Redis) -> None:
+    """Give every connection of ``client``'s pool a ``serial``, new at each
+    (re)connect: redis-py reconnects a pooled connection silently, and the
+    writer must know whether its last batch landed on this very connection."""
+    pool = client.connection_pool
+    base = pool.connection_class
+
+    class Numbered(base):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.serial = 0
+            self.register_connect_callback(self._connected)
+
+        def _connected(self, _connection: object) -> None:
+            self.serial = next(_serials)
+
+    pool.connection_class = Numbered
+
+
 def connect_node(url: str, node: str | None, connect_timeout: float) -> redis.Redis:
     """One connection, no read timeout, for blocking reads: to ``url``'s server,
     or to the cluster node ``node`` (``host:port``) with ``url``'s credentials."""
@@ -81,9 +104,13 @@ def on_node(client: Client, node: str | None, *args: object) -> object:
     return client.execute_command(*args)
 
 
-def pipeline(client: Client, calls: list[tuple[str, tuple]]) -> tuple[list[object], list[redis.Redis]]:
-    """Sends ``calls`` (``(routing key, command)``) in one pipeline per server;
-    the replies (an error in place of its reply) and the servers written to.
+def pipeline(
+    client: Client, calls: list[tuple[str, tuple]], connection: object = None
+) -> tuple[list[object], list[redis.Redis]]:
+    """Sends ``calls`` (``(routing key, command)``) in one pipeline per server
+    (on one server, on ``connection`` when given, a connection checked out of
+    ``client``'s pool); the replies (an error in place of its reply) and the
+    servers written to.
 
     On a cluster (redis-py refuses scripts in its cluster pipeline) each node
     gets a plain pipeline of its calls; a call the node redirects (the slot
@@ -92,6 +119,7 @@ def pipeline(client: Client, calls: list[tuple[str, tuple]]) -> tuple[list[objec
     """
     if not isinstance(client, RedisCluster):
         pipe = client.pipeline(transaction=False)
+        pipe.connection = connection  # released to the pool by execute()
         for _, command in calls:
             pipe.execute_command(*command)
         return pipe.execute(raise_on_error=False), [client]

@@ -59,7 +59,7 @@ class _Chunk:
 class _Run:
     """What the engine knows of one open run."""
 
-    __slots__ = ("key", "queue", "next_seq", "stored", "closing", "error", "ready", "in_flight")
+    __slots__ = ("key", "queue", "next_seq", "stored", "closing", "error", "ready", "in_flight", "trusted_on")
 
     def __init__(self, key: str, top: int) -> None:
         self.key = key
@@ -70,6 +70,9 @@ class _Run:
         self.error: BaseException | None = None
         self.ready = False  # listed in the engine's ready queue
         self.in_flight = 0  # chunks in the pipeline being sent
+        # The sender connection that stored its last batch: the next batch sent
+        # on it may skip reading the stream's top (see append.lua, trusted).
+        self.trusted_on: int | None = None
 
 
 class WriterEngine:
@@ -91,6 +94,9 @@ class WriterEngine:
         # The sender has a client of its own: WAIT counts the writes of its connection.
         self._client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
         self._sender_client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
+        if not cluster:
+            links.number_connections(self._sender_client)
+        self._stored_on = 0  # the serial of the connection the last pipeline landed on
         self._cluster = cluster
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = max(1, int(wait_timeout * 1000))
@@ -324,17 +330,27 @@ class WriterEngine:
         if self._sha is None:
             self._sha = client.script_load(APPEND_SCRIPT)  # every master, on a cluster
         groups = _groups(batches, self._cluster)
+        # Trusted: the run's last batch landed on this very connection. Only the
+        # first batch of a run in a pipeline; the script trusts the next ones of
+        # a call itself. Never on a cluster, where the client may move to
+        # another node (a promoted replica) without a new connection.
+        connection = None if self._cluster else client.connection_pool.get_connection()
+        serial = getattr(connection, "serial", None)
+        seen: set[str] = set()
         calls: list[tuple[str, tuple]] = []
         for group in groups:
             keys = [run.key for run, _ in group]
             args: list[object] = [self._writer_id, self._max_len, self._ttl]
-            for _, chunks in group:
-                args += (chunks[0].seq, len(chunks))
+            for run, chunks in group:
+                trusted = run.key not in seen and serial is not None and run.trusted_on == serial
+                seen.add(run.key)
+                args += (chunks[0].seq, len(chunks), b"1" if trusted else b"")
                 for chunk in chunks:
                     args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
             calls.append((keys[0], ("EVALSHA", self._sha, len(keys), *keys, *args)))
         self._count("pipelines")
-        replies, servers = links.pipeline(client, calls)
+        replies, servers = links.pipeline(client, calls, connection)
+        self._stored_on = serial or 0
         transient = next((r for r in replies if isinstance(r, LINK_ERRORS)), None)
         if transient is not None:
             raise transient  # "not now" (e.g. -LOADING, -TRYAGAIN): resend it all, safely
@@ -368,6 +384,7 @@ class WriterEngine:
             if error is None:
                 self._stats["chunks"] += len(chunks)
                 run.stored = chunks[-1].seq
+                run.trusted_on = self._stored_on or None
                 if chunks[-1].complete:
                     del self._runs[run.key]  # bounded memory: a finished run leaves nothing
                 continue
