@@ -62,16 +62,19 @@ def _slug(way: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in way)
 
 
+@pytest.mark.parametrize("arrivals", ["together", "independent"])
 @pytest.mark.parametrize("way", list(DELIVERY_WAYS))
-def test_delivery_latency(benchmark, server, redis_client, way):
+def test_delivery_latency(benchmark, server, redis_client, way, arrivals):
     benchmark.group = "delivery latency"
     writer_kind, reader_kind = DELIVERY_WAYS[way]
     writer = _writer(writer_kind, server.url)
     reader = _async_reader(reader_kind, server.url)
     probe = ServerProbe(server.url)
-    runs = [f"dl-{_slug(way)}-{i}" for i in range(100)]
+    runs = [f"dl-{_slug(way)}-{arrivals}-{i}" for i in range(100)]
     try:
-        result = benchmark.pedantic(delivery_latency, args=(writer, reader, runs, CHUNK, probe), rounds=1)
+        result = benchmark.pedantic(
+            delivery_latency, args=(writer, reader, runs, CHUNK, probe), kwargs={"arrivals": arrivals}, rounds=1
+        )
     finally:
         writer.close()
         probe.close()
@@ -80,6 +83,7 @@ def test_delivery_latency(benchmark, server, redis_client, way):
     benchmark.extra_info.update(
         scenario="delivery latency",
         way=way,
+        arrivals=arrivals,
         streams=len(runs),
         chunks=figures["n"],
         connections=result["connections"],

@@ -247,20 +247,28 @@ def delivery_latency(
     *,
     rate_hz: float = 100.0,
     duration: float = 3.0,
+    arrivals: str = "together",
 ) -> dict[str, Any]:
     """Write-to-yield latency with ``len(run_ids)`` runs streaming at once.
 
     Every run gets one chunk first and one async consumer per run starts
     reading from the beginning; once each has yielded that chunk, a thread
     writes one chunk to every run each ``1 / rate_hz`` seconds (on an absolute
-    schedule) for ``duration`` seconds, then ends every run.  A chunk's
+    schedule) for ``duration`` seconds, then ends every run.  ``arrivals``:
+    ``"together"``, every run's chunk in the same instant of each period (a
+    burst of ``len(run_ids)`` chunks: the worst case); ``"independent"``, each
+    run on its own phase, spread evenly over the period (as unrelated runs
+    stream).  A chunk's
     latency is the time its consumer yields it minus the time its ``write``
     was called (``perf_counter_ns``, one process).  The terminal chunk is
     left out.  ``connections`` counts the connections that appeared once the
     reader started (the writer's are already open then).  A writer with a
     ``tick()`` method gets it called every period (a periodic flush)."""
+    if arrivals not in ("together", "independent"):
+        raise ValueError(f"arrivals must be 'together' or 'independent', not {arrivals!r}")
     ticks = int(duration * rate_hz)
     period_ns = int(1e9 / rate_hz)
+    phase_ns = period_ns // len(run_ids) if arrivals == "independent" else 0
     runs = list(run_ids)
     wrote: list[list[int]] = [[0] * (ticks + 3) for _ in runs]
     for i, run_id in enumerate(runs):
@@ -284,6 +292,10 @@ def delivery_latency(
                     time.sleep(delay / 1e9)
                 seq = t + 2
                 for i, run_id in enumerate(runs):
+                    if phase_ns:
+                        delay = due + i * phase_ns - time.perf_counter_ns()
+                        if delay > 0:
+                            time.sleep(delay / 1e9)
                     wrote[i][seq] = time.perf_counter_ns()
                     writer.write(run_id, chunk)
                 if tick is not None:
