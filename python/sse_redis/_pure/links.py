@@ -39,12 +39,17 @@ def connect(
             socket_timeout=socket_timeout,
             decode_responses=False,
         )
+    return _server(url, connect_timeout, socket_timeout)
+
+
+def _server(url: str, connect_timeout: float, socket_timeout: float | None, **options: object) -> redis.Redis:
+    """A client of one server; retries are ours, not redis-py's."""
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
+        **options,
     )
 
 
@@ -77,13 +82,7 @@ def connect_node(url: str, node: str | None, connect_timeout: float) -> redis.Re
         parts = urlsplit(url)
         auth = parts.netloc.rpartition("@")[0]
         url = urlunsplit(parts._replace(netloc=f"{auth}@{node}" if auth else node))
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=None,
-        retry=Retry(NoBackoff(), 0),
-        single_connection_client=True,
-    )
+    return _server(url, connect_timeout, None, single_connection_client=True)
 
 
 def known_nodes(client: Client) -> list[str]:
