@@ -6,7 +6,7 @@ not depend on the first URL's node being alive)."""
 from __future__ import annotations
 
 import itertools
-from typing import Union
+from typing import Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -104,7 +104,7 @@ def on_node(client: Client, node: str | None, *args: object) -> object:
 
 
 def pipeline(
-    client: Client, calls: list[tuple[str, tuple]], connection: object = None
+    client: Client, calls: list[tuple[str, tuple]], connection: Any = None
 ) -> tuple[list[object], list[redis.Redis]]:
     """Sends ``calls`` (``(routing key, command)``) in one pipeline per server
     (on one server, on ``connection`` when given, a connection checked out of

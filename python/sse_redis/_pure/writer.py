@@ -94,7 +94,7 @@ class WriterEngine:
         # The sender has a client of its own: WAIT counts the writes of its connection.
         self._client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
         self._sender_client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
-        if not cluster:
+        if isinstance(self._sender_client, redis.Redis):
             links.number_connections(self._sender_client)
         self._stored_on = 0  # the serial of the connection the last pipeline landed on
         self._cluster = cluster
@@ -334,7 +334,7 @@ class WriterEngine:
         # first batch of a run in a pipeline; the script trusts the next ones of
         # a call itself. Never on a cluster, where the client may move to
         # another node (a promoted replica) without a new connection.
-        connection = None if self._cluster else client.connection_pool.get_connection()
+        connection = client.connection_pool.get_connection() if isinstance(client, redis.Redis) else None
         serial = getattr(connection, "serial", None)
         seen: set[str] = set()
         calls: list[tuple[str, tuple]] = []
