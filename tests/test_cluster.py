@@ -17,6 +17,7 @@ from redis.cluster import RedisCluster
 
 from sse_redis import AsyncStreamReader, ClusterKeyLayout, StreamReader, StreamWriter, _backend
 from test_reader import Background, check_run, collect, payload
+from test_starlette import events_of, serve_app, served  # noqa: F401 (served: a fixture)
 
 BUCKETS = 16
 
@@ -280,3 +281,27 @@ def test_cli_tail_follows_a_run_on_a_cluster(backend, valkey_cluster, make_write
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("id:")] == ["id: 1", "id: 2", "id: 3", "id: 4"]
+
+
+def test_example_app_on_a_cluster(backend, valkey_cluster, served):
+    """The example app (FastAPI, ``stream_run``) serves a run from a cluster,
+    and a resume with ``Last-Event-ID`` gets the rest only."""
+    pytest.importorskip("fastapi")
+    import httpx
+
+    from sse_redis.example_app import create_app
+
+    app = create_app(valkey_cluster.seed_url, backend=backend, cluster=True, chunks=20, token_delay=0.002)
+    with httpx.Client(base_url=serve_app(served, app), timeout=30) as client:
+        run = client.post("/runs").json()
+        events = events_of(client.get(run["stream_url"]).text)
+        assert [int(e.id) for e in events] == list(range(1, 21)) and events[-1].data == "[DONE]"
+        resumed = client.get(run["stream_url"], headers={"Last-Event-ID": "15"})
+        assert [int(e.id) for e in events_of(resumed.text)] == list(range(16, 21))
+
+
+def test_cli_serve_cluster_needs_a_url(capsys):
+    from sse_redis import cli
+
+    assert cli.main(["serve", "--cluster"]) != 0
+    assert "--cluster needs --redis-url" in capsys.readouterr().err

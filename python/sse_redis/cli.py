@@ -95,9 +95,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .example_app import create_app
     except ImportError as exc:
         raise CommandError(f"serve needs the [starlette] and [serve] extras: {exc}") from exc
+    if args.cluster and not args.redis_url:
+        raise CommandError("--cluster needs --redis-url (the embedded server is not a cluster)")
     with redis_for(args.redis_url) as url:
         print(f"sse-redis example app on http://{args.host}:{args.port}/ (Redis {url})", flush=True)
-        uvicorn.run(create_app(url, backend=args.backend), host=args.host, port=args.port, log_level="warning")
+        app = create_app(url, backend=args.backend, cluster=args.cluster)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -141,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(serve, embedded=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--cluster", action="store_true", help="--redis-url names a node of a Redis Cluster")
     serve.set_defaults(func=cmd_serve)
     return parser
 

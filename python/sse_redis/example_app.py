@@ -39,11 +39,13 @@ def create_app(
     chunks: int = 120,
     token_delay: float = 0.03,
     secret: bytes | None = None,
+    cluster: bool = False,
 ) -> FastAPI:
-    """The app, streaming runs of ``chunks`` chunks, one every ``token_delay`` seconds."""
+    """The app, streaming runs of ``chunks`` chunks, one every ``token_delay``
+    seconds; ``cluster``: ``redis_url`` names a node of a Redis Cluster."""
     secret = secret or secrets.token_bytes(32)
-    writer = AsyncStreamWriter(redis_url, backend=backend)
-    reader = AsyncStreamReader(redis_url, backend=backend, ping_interval=15, missing_timeout=5)
+    writer = AsyncStreamWriter(redis_url, backend=backend, cluster=cluster)
+    reader = AsyncStreamReader(redis_url, backend=backend, cluster=cluster, ping_interval=15, missing_timeout=5)
     drops: dict[str, set[asyncio.Event]] = {}  # run -> the open streams' "stop" events
     tasks: set[asyncio.Task[str]] = set()
 
