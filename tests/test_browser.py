@@ -7,42 +7,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
+from fixtures_http import Served, serve_app  # noqa: E402
 from sse_redis.example_app import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHUNKS = 80
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def app_url(redis_url: str, backend: str):
+def app_url(served: Served, redis_url: str, backend: str) -> str:
     """The example app on a free loopback port, in a thread of its own."""
-    port = _free_port()
-    app = create_app(redis_url, backend=backend, chunks=CHUNKS, token_delay=0.02)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the example app did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    return serve_app(served, create_app(redis_url, backend=backend, chunks=CHUNKS, token_delay=0.02))
 
 
 @pytest.fixture(scope="module")

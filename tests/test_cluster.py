@@ -17,7 +17,8 @@ from redis.cluster import RedisCluster
 
 from sse_redis import AsyncStreamReader, ClusterKeyLayout, StreamReader, StreamWriter, _backend
 from test_reader import Background, check_run, collect, payload
-from test_starlette import events_of, serve_app, served  # noqa: F401 (served: a fixture)
+from fixtures_http import serve_app
+from test_starlette import events_of
 
 BUCKETS = 16
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator
@@ -24,6 +22,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from fixtures_http import Served, serve_app  # noqa: E402
 from sse_redis import AsyncStreamReader, StreamWriter  # noqa: E402
 from sse_redis._pure import SSEParser  # noqa: E402
 from sse_redis.starlette import STREAM_ERROR_EVENT, stream_run  # noqa: E402
@@ -99,12 +98,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def make_app(reader: AsyncStreamReader, **options: Any) -> Starlette:
     """``GET /runs/{run_id}/stream`` -> ``stream_run(..., **options)``;
     ``POST /stop`` sets the ``until`` event (in the server's own loop)."""
@@ -126,43 +119,8 @@ def make_app(reader: AsyncStreamReader, **options: Any) -> Starlette:
     )
 
 
-class _Served:
-    def __init__(self) -> None:
-        self.servers: list[tuple[Any, threading.Thread]] = []
-        self.readers: list[AsyncStreamReader] = []
-
-
 @pytest.fixture
-def served() -> Iterator[_Served]:
-    """Servers stopped first, then readers closed (a reader's loop waker belongs
-    to the server's loop, which must be gone before ``close``)."""
-    state = _Served()
-    yield state
-    for server, _thread in state.servers:
-        server.should_exit = True
-    for _server, thread in state.servers:
-        thread.join(10)
-    for reader in state.readers:
-        reader.close()
-
-
-def serve_app(state: _Served, app: Any) -> str:
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    state.servers.append((server, thread))
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn died while starting"
-        assert time.monotonic() < deadline, "the app did not start"
-        time.sleep(0.01)
-    return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def app(served: _Served, redis_url: str, backend: str) -> Callable[..., tuple[httpx.Client, AsyncStreamReader]]:
+def app(served: Served, redis_url: str, backend: str) -> Callable[..., tuple[httpx.Client, AsyncStreamReader]]:
     """``app(reader_options, **stream_run_options)``: a client of a fresh app
     serving ``stream_run`` with its own ``AsyncStreamReader`` (returned too)."""
     clients: list[httpx.Client] = []
@@ -540,7 +498,7 @@ def test_until_unset_streams_to_done(app, redis_url, backend):
 
 
 @pytest.fixture
-def example(served: _Served, redis_url: str, backend: str) -> Callable[..., httpx.Client]:
+def example(served: Served, redis_url: str, backend: str) -> Callable[..., httpx.Client]:
     pytest.importorskip("fastapi")
     from sse_redis.example_app import create_app
 
