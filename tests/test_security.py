@@ -175,3 +175,19 @@ def test_no_password_in_reprs_or_errors(backend: str, dedicated_server) -> None:
     finally:
         writer.close(timeout=1)
         reader.close()
+
+
+@pytest.mark.parametrize("asyncio_client", [False, True])
+def test_sentinel_managed_client_is_refused_clearly(asyncio_client: bool) -> None:
+    """A Sentinel-managed client has no fixed address; taking its pool's
+    defaults would silently point at localhost. Refused with a clear error
+    (nothing connects: building the client does no I/O)."""
+    if asyncio_client:
+        from redis.asyncio.sentinel import Sentinel
+    else:
+        from redis.sentinel import Sentinel
+    client = Sentinel([("127.0.0.1", 1)]).master_for("mymaster")
+    with pytest.raises(ValueError, match="Sentinel"):
+        StreamWriter(client)
+    with pytest.raises(ValueError, match="Sentinel"):
+        StreamReader(client)

@@ -23,6 +23,13 @@ def resolve_url(target: Any) -> str:
             raise ValueError(f"unsupported Redis URL scheme {scheme!r} in {redact(target)!r}")
         return target
     pool = getattr(target, "connection_pool", None)
+    if hasattr(pool, "get_master_address"):
+        # Its pool knows no fixed address (the master moves), and neither engine's
+        # client library takes a Sentinel URL: better refused than a wrong host.
+        raise ValueError(
+            "a Sentinel-managed client cannot be followed through a failover here; "
+            "pass the current master's URL (neither client library has a Sentinel URL form)"
+        )
     kwargs = getattr(pool, "connection_kwargs", None)
     if kwargs is None:
         raise TypeError(f"expected a Redis URL or a redis-py client, not {type(target).__name__}")
