@@ -173,14 +173,14 @@ impl Link {
             }
             Link::Cluster(con) => {
                 let mut pipe = cluster_pipe();
-                for cmd in &cmds {
-                    pipe.add_command(cmd.clone());
+                for cmd in cmds {
+                    pipe.add_command(cmd);
                 }
                 match pipe.query::<Vec<Value>>(con) {
                     Ok(replies) => Ok(replies.into_iter().map(Ok).collect()),
                     Err(err) if is_link_error(&err) => Err(err),
                     Err(_) => {
-                        let each: Vec<RedisResult<Value>> = cmds.iter().map(|cmd| con.req_command(cmd)).collect();
+                        let each: Vec<RedisResult<Value>> = pipe.cmd_iter().map(|cmd| con.req_command(cmd)).collect();
                         match each.iter().find(|r| matches!(r, Err(e) if is_link_error(e))) {
                             Some(Err(err)) => Err(err.clone()),
                             _ => Ok(each),
