@@ -553,7 +553,8 @@ fn catch_up(inner: &Arc<Inner>, con: &mut Link, sid: u64) -> Result<(), RedisErr
     Ok(())
 }
 
-/// A blocker thread for a new group; it ends when its group has no keys left.
+/// A blocker thread for a new group (on a cluster it ends once its group has
+/// no keys left; on one server it parks).
 fn start_blocker(inner: &Arc<Inner>, name: &str) -> Result<(), RedisError> {
     let (blocker, name) = (inner.clone(), name.to_owned());
     std::thread::Builder::new()
