@@ -502,11 +502,6 @@ impl Sender {
         // ones of a call itself. Never on a cluster, where the client may move
         // to another node (a promoted replica) without a new connection.
         let mut seen = std::collections::HashSet::new();
-        let trusted: Vec<bool> = batches
-            .iter()
-            .map(|b| seen.insert(b.key.as_str()) && !self.target.is_cluster() && b.trusted_on == Some(self.con_id))
-            .collect();
-        let mut trusted = trusted.into_iter();
         let mut cmds = Vec::with_capacity(groups.len());
         for group in &groups {
             let mut cmd = redis::cmd("EVALSHA");
@@ -516,8 +511,10 @@ impl Sender {
             }
             cmd.arg(&self.shared.writer_id).arg(&max_len).arg(&ttl);
             for batch in *group {
-                let trust = if trusted.next().expect("one per batch") { "1" } else { "" };
-                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(trust);
+                let trusted = seen.insert(batch.key.as_str())
+                    && !self.target.is_cluster()
+                    && batch.trusted_on == Some(self.con_id);
+                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(if trusted { "1" } else { "" });
                 for chunk in &batch.chunks {
                     cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
                 }
@@ -525,10 +522,7 @@ impl Sender {
             cmds.push(cmd);
         }
         self.shared.lock().stats.pipelines += 1;
-        let replies = match con.pipeline(cmds) {
-            Err(e) if e.code() == Some("NOSCRIPT") => vec![Err(e)], // a cluster fails the whole call
-            other => other?,
-        };
+        let replies = con.pipeline(cmds)?; // one result per call, on either kind of link
         if replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
             self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH, failover)
             return self.pipeline(batches);
