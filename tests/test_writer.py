@@ -333,23 +333,28 @@ def test_interleaving_writers_stale_on_flush(backend, redis_url, make_writer, pl
     a.flush()
     assert b.write(run, "data: from b\n\n") == 3
     b.flush()
-    a.write(run, "data: from a\n\n")  # a believes it is at seq 3: stale
+    assert a.write(run, "data: from a\n\n") == 3  # a believes it is at seq 2: stale
     with pytest.raises(StaleWriterError):
         a.flush()
-    a.flush()  # delivered once: not raised again
+    a.flush()  # every run: each error reported once
     items = entries(r, run)
     assert_contiguous(items, 1, 3)
     assert items[-1][1]["data"] == "data: from b\n\n"
-    # the next write re-reads Redis and continues after b's chunk
-    assert a.write(run, "data: a again\n\n") == 4
-    a.flush()
-    assert_contiguous(entries(r, run), 1, 4)
-    # and now b is the stale one
-    b.write(run, "data: b again\n\n")
+    # The run stays broken for a: seq 3 was handed out to a chunk of its own,
+    # so a never gives a seq to another chunk of this run again.
     with pytest.raises(StaleWriterError):
-        b.flush()
+        a.write(run, "data: a again\n\n")
+    with pytest.raises(StaleWriterError):
+        a.flush(run_id=run)
+    with pytest.raises(StaleWriterError):
+        a.complete(run)
+    with pytest.raises(StaleWriterError):
+        a.fail(run)  # b owns the run now: a's error event is refused too
+    # b goes on undisturbed; a new writer continues after b's chunks
+    assert b.write(run, chunk(4)) == 4
     b.flush()
-    assert_contiguous(entries(r, run), 1, 4)
+    assert make_writer(redis_url).complete(run) == 5
+    assert_contiguous(entries(r, run), 1, 5)
 
 
 def test_interleaving_writers_stale_on_next_write(backend, redis_url, make_writer, plain_client, run_id):
@@ -364,11 +369,14 @@ def test_interleaving_writers_stale_on_next_write(backend, redis_url, make_write
     wait_for(lambda: a.stats()["errors"] >= 1, what="the stale batch to fail")
     with pytest.raises(StaleWriterError):
         a.write(run, "data: refused\n\n")
-    a.flush()  # already delivered by the write
-    assert a.write(run, chunk(3)) == 3
+    a.flush()  # already reported by the write
+    with pytest.raises(StaleWriterError):
+        a.write(run, chunk(3))  # still broken
+    a.delete(run)  # forgetting the run (and its stream) is the way to start again
+    assert a.write(run, chunk(1)) == 1
     a.flush()
     items = entries(r, run)
-    assert_contiguous(items, 1, 3)
+    assert_contiguous(items, 1, 1)
     assert "stale" not in "".join(f["data"] for _, f in items)
 
 
@@ -551,7 +559,7 @@ def test_server_restart_mid_run(backend, dedicated_server, make_writer, plain_cl
 
 
 def test_redis_down_surfaces_on_flush_and_that_runs_write(
-    backend, dedicated_server, make_writer, run_id
+    backend, dedicated_server, make_writer, plain_client, run_id
 ):
     server = dedicated_server()
     w = make_writer(server.url, retry_timeout=0.5, write_timeout=10)
@@ -570,9 +578,13 @@ def test_redis_down_surfaces_on_flush_and_that_runs_write(
         w.flush()  # b's chunk cannot be stored either
     w.flush()  # each error is delivered once
 
-    server.start()  # a new server (no persistence): the runs start over
-    assert w.write(a, chunk(1)) == 1
-    w.flush()
+    server.start()  # a new server (no persistence): the stream is gone
+    with pytest.raises(RedisUnavailable):
+        w.write(a, chunk(3))  # a stays broken: seq 2 was handed out, then lost
+    assert w.fail(a) == 3  # its error event is stored all the same, after the lost seq
+    items = entries(plain_client(server.url), a)
+    assert [f["seq_id"] for _, f in items] == ["3"]
+    assert items[0][1]["complete"] == "true" and "event: error" in items[0][1]["data"]
 
 
 def test_flush_raises_redis_unavailable(backend, dedicated_server, make_writer, run_id):
@@ -620,8 +632,9 @@ def test_backpressure_write_timeout(backend, dedicated_server, make_writer, plai
     server = dedicated_server()
     r, admin = plain_client(server.url), plain_client(server.url)
     w = make_writer(server.url, max_pending=10, write_timeout=0.3)
-    run = run_id()
+    run, other = run_id(), run_id()
     w.write(run, chunk(0))
+    w.write(other, chunk(0))
     w.flush()
     admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
     try:
@@ -629,13 +642,20 @@ def test_backpressure_write_timeout(backend, dedicated_server, make_writer, plai
             assert w.write(run, chunk(i)) == i + 1
         with pytest.raises(WriteTimeout):
             w.write(run, chunk(11))
+        # The full buffer is all run's: other still gets its share (a batch,
+        # or the whole buffer if smaller), so one busy run starves no other.
+        for i in range(1, 11):
+            assert w.write(other, chunk(i)) == i + 1
         with pytest.raises(WriteTimeout):
-            w.write(run_id(), chunk(1))  # the bound is across runs
-        assert w.stats()["pending"] == 10
+            w.write(other, chunk(11))
+        with pytest.raises(WriteTimeout, match="could not be opened"):
+            w.write(run_id(), chunk(1))  # opening a run waits behind the paused pipeline
+        assert w.stats()["pending"] == 20
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
     w.flush(timeout=10)
     assert_contiguous(entries(r, run), 1, 11)
+    assert_contiguous(entries(r, other), 1, 11)
     assert isinstance(WriteTimeout("x"), TimeoutError)
 
 
@@ -975,8 +995,11 @@ def test_async_stale_writer(backend, redis_url, make_async_writer, plain_client,
         with pytest.raises(StaleWriterError):
             await a.flush()
         await a.flush()
-        assert await a.write(run, chunk(3)) == 3
-        await a.flush()
+        with pytest.raises(StaleWriterError):
+            await a.write(run, chunk(3))  # broken for a for good
+        with pytest.raises(StaleWriterError):
+            await a.fail(run)  # b owns the run
+        assert await b.complete(run) == 3
 
     asyncio.run(main())
     assert_contiguous(entries(r, run), 1, 3)

@@ -2,16 +2,23 @@
 -- (both engines send this script, one call carrying many runs' batches).
 -- KEYS     one stream key per batch, in order (a run may have several)
 -- ARGV     writer id, MAXLEN ('' = no trimming), TTL seconds ('' = none),
---          then per batch: first seq, chunk count, trusted ('1' or ''), and
---          per chunk: data, timestamp ms, complete ('1' or '')
---          Trusted: this writer stored the seq before it, on the connection
+--          then per batch: first seq, chunk count, mode, and per chunk: data,
+--          timestamp ms, complete ('1' or '')
+--          Mode '': checked (the stream's top must be the seq before it).
+--          Mode 'a<seq>': the error terminal of a run this writer broke off:
+--          it follows <seq>, the last seq this writer stored, across the gap
+--          of the chunks that were refused (their seq ids are never reused),
+--          or starts the stream again when it vanished, so its readers learn
+--          the run failed whatever their cursor.
+--          Mode '1', trusted: this writer stored the seq before it, on the connection
 --          sending this, so only another writer can have moved the stream on,
 --          and XADD itself refuses an ID at or below the stream's top: the
 --          batch is appended without reading the top first (the fast path),
 --          and the top is read only when that XADD is refused.
 -- Returns  one {status, top seq} per batch:
 --          'ok'        stored now (top = its last seq)
---          'dup'       this writer stored it before (a retry after a lost reply)
+--          'dup'       this writer stored it before (a retry after a lost reply):
+--                      every chunk is there, byte for byte, from this writer
 --          'closed'    the run already has its terminal entry
 --          'stale'     someone else moved the stream on, or it vanished
 --          'wrongtype' the key holds something that is not a stream
@@ -45,13 +52,43 @@ local function append_first(key, seq, data, ts)
                      id, 'seq_id', seq, 'data', data, 'timestamp', ts, 'writer', writer)
 end
 
+local function fields_of(entry)
+  local fields = {}
+  for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+  return fields
+end
+
+-- Whether the batch's chunks are all stored, as sent, by this writer.
+local function stored_before(key, explicit_ids, top_seq, first, count, chunks_at)
+  local entries
+  if explicit_ids then
+    entries = redis.call('XRANGE', key, '0-' .. first, '0-' .. (first + count - 1))
+  else -- time-based IDs: the newest entries, back to the batch's first
+    entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', top_seq - first + 1)
+    local oldest_first = {}
+    for i = #entries, 1, -1 do oldest_first[#oldest_first + 1] = entries[i] end
+    entries = oldest_first
+  end
+  if #entries < count then return false end
+  for i = 0, count - 1 do
+    local fields, c = fields_of(entries[i + 1]), chunks_at + 3 * i
+    if tonumber(fields['seq_id']) ~= first + i or fields['writer'] ~= writer
+        or fields['data'] ~= ARGV[c] or fields['timestamp'] ~= ARGV[c + 1] then
+      return false
+    end
+  end
+  return true
+end
+
 local results = {}
 local tops = {} -- key -> last seq this call stored: its next batch is trusted too
 local at = 4
 for b = 1, #KEYS do
   local key = KEYS[b]
   local first, count = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-  local trusted = ARGV[at + 2] == '1' or tops[key] == first - 1
+  local mode = ARGV[at + 2]
+  local after_break = string.sub(mode, 1, 1) == 'a' and tonumber(string.sub(mode, 2)) or nil
+  local trusted = mode == '1' or (after_break == nil and tops[key] == first - 1)
   local chunks_at = at + 3
   at = chunks_at + 3 * count
   local last = first + count - 1
@@ -73,12 +110,13 @@ for b = 1, #KEYS do
   elseif newest.err then
     status = 'wrongtype'
   elseif newest[1] then
-    local entry, fields = newest[1], {}
-    for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+    local entry = newest[1]
+    local fields = fields_of(entry)
     top_seq = tonumber(fields['seq_id']) or 0
     -- Streams the reference wrote use time-based IDs: keep their style.
     explicit_ids = string.sub(entry[1], 1, 2) == '0-'
-    if fields['writer'] == writer and top_seq >= last then
+    if fields['writer'] == writer and top_seq >= last
+        and stored_before(key, explicit_ids, top_seq, first, count, chunks_at) then
       status = 'dup'
       -- A write of this connection, so that a WAIT after it also covers the
       -- batch stored by an earlier connection (a retry after a lost reply).
@@ -87,7 +125,27 @@ for b = 1, #KEYS do
       status = 'closed'
     end
   end
-  if status == nil and top_seq ~= first - 1 then status = 'stale' end
+  if status == nil then
+    if after_break ~= nil then
+      if top_seq ~= after_break and newest[1] then status = 'stale' end
+    elseif top_seq ~= first - 1 then
+      status = 'stale'
+    end
+  end
+  if status == nil and after_break ~= nil then
+    -- 'broken': readers take the gap before it (or the lost stream) for what
+    -- it is, chunks that were never stored, not chunks trimmed away.
+    local args = {key}
+    if maxlen ~= '' then args = {key, 'MAXLEN', '~', maxlen} end
+    for _, v in ipairs({explicit_ids and ('0-' .. first) or '*', 'seq_id', first, 'data', ARGV[chunks_at],
+                        'timestamp', ARGV[chunks_at + 1], 'complete', 'true', 'broken', 'true',
+                        'writer', writer}) do
+      args[#args + 1] = v
+    end
+    redis.call('XADD', unpack(args))
+    if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
+    status, top_seq = 'ok', last
+  end
   if status == nil then
     for i = 0, count - 1 do
       local seq, c = first + i, chunks_at + 3 * i

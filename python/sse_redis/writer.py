@@ -11,17 +11,25 @@ import asyncio
 import atexit
 import json
 import logging
+import time
 import weakref
 from typing import Any
 
 from . import _backend, _fork, keys as _keys
 from .connection import redact, resolve_target
-from .errors import RunClosedError, SSERedisError
+from .errors import RunClosedError, SSERedisError, WriteTimeout
 
 log = logging.getLogger("sse_redis")
 
 DONE_CHUNK = "data: [DONE]\n\n"
 DEFAULT_PUBLIC_ERROR = "An internal error occurred while streaming this run."
+
+
+def failure_chunk(run_id: str, exc: BaseException | None, public_message: str | None) -> str:
+    """The error event ``fail`` stores; the exception's own text is only logged."""
+    if exc is not None:
+        log.error("run %s failed: %s: %s", run_id, type(exc).__name__, exc)
+    return error_chunk(public_message or DEFAULT_PUBLIC_ERROR)
 
 
 def error_chunk(message: str) -> str:
@@ -132,22 +140,29 @@ class StreamWriter:
     def complete(self, run_id: str) -> int | None:
         """Write ``data: [DONE]`` and wait until it is stored; a no-op (``None``)
         when the run is already complete, whichever writer completed it."""
-        return self._finish(run_id, DONE_CHUNK)
+        return self._finish(run_id, DONE_CHUNK, error=False)
 
     def fail(self, run_id: str, exc: BaseException | None = None, public_message: str | None = None) -> int | None:
         """End the run with an error event.  The browser sees ``public_message``
-        (default: a generic text), never the exception's own text, which is logged."""
-        if exc is not None:
-            log.error("run %s failed: %s: %s", run_id, type(exc).__name__, exc)
-        return self._finish(run_id, error_chunk(public_message or DEFAULT_PUBLIC_ERROR))
+        (default: a generic text), never the exception's own text, which is logged.
 
-    def _finish(self, run_id: str, chunk: str) -> int | None:
+        This works on a broken run too (one whose batch failed: it raised
+        ``StaleWriterError``, ``RedisUnavailable``...): the error event goes
+        after everything this writer stored, or starts the stream again when it
+        vanished, so every reader of the run learns that it failed."""
+        return self._finish(run_id, failure_chunk(run_id, exc, public_message), error=True)
+
+    def _finish(self, run_id: str, chunk: str, *, error: bool) -> int | None:
         key = self._key(run_id)
+        engine = self.engine
         try:
-            seq = self.engine.write(key, chunk, True, self._write_timeout)
+            if error:
+                seq = engine.fail(key, chunk, self._write_timeout)
+            else:
+                seq = engine.write(key, chunk, True, self._write_timeout)
         except RunClosedError:
             seq = None  # already complete; still wait for a terminal of ours in flight
-        self.engine.flush(self._write_timeout, key)
+        engine.flush(self._write_timeout, key)
         return seq
 
     def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
@@ -190,7 +205,8 @@ class AsyncStreamWriter:
 
     A write that can be queued at once costs no thread hop; one that must
     wait (first write of a run, or a full buffer) waits in a worker thread,
-    so the event loop never blocks.
+    so the event loop never blocks.  Every chunk is queued on the event loop
+    itself: a cancelled ``write`` queued nothing, one that returned a seq did.
     """
 
     def __init__(self, redis: Any = "redis://127.0.0.1:6379/0", **options: Any) -> None:
@@ -204,17 +220,41 @@ class AsyncStreamWriter:
         return self.sync.backend
 
     async def write(self, run_id: str, chunk: str, *, terminal: bool | None = None) -> int:
+        """``StreamWriter.write``.  Cancelling it is safe: a write that raised
+        ``CancelledError`` queued nothing (retry it), one that returned is queued."""
         key, terminal = self.sync.prepare(run_id, chunk, terminal)
-        seq = self.sync.engine.try_write(key, chunk, terminal)
-        if seq is None:
-            seq = await asyncio.to_thread(self.sync.engine.write, key, chunk, terminal, self.sync._write_timeout)
-        return seq
+        return await self._queue(key, chunk, terminal, error=False)
+
+    async def _queue(self, key: str, chunk: str, terminal: bool, *, error: bool) -> int:
+        # The chunk is queued here, on the event loop, where no cancellation
+        # can fall between queueing it and returning its seq. What may wait
+        # (the run's first write, a full buffer) waits in a worker thread that
+        # queues nothing, so a cancelled wait leaves nothing behind.
+        engine, timeout = self.sync.engine, self.sync._write_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seq = engine.try_write(key, chunk, terminal, error)
+            if seq is not None:
+                return seq
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WriteTimeout(f"no room to queue a chunk for {key!r} within {timeout}s")
+            await asyncio.to_thread(engine.wait_writable, key, left)
 
     async def complete(self, run_id: str) -> int | None:
-        return await asyncio.to_thread(self.sync.complete, run_id)
+        return await self._finish(run_id, DONE_CHUNK, error=False)
 
     async def fail(self, run_id: str, exc: BaseException | None = None, public_message: str | None = None) -> int | None:
-        return await asyncio.to_thread(self.sync.fail, run_id, exc, public_message)
+        return await self._finish(run_id, failure_chunk(run_id, exc, public_message), error=True)
+
+    async def _finish(self, run_id: str, chunk: str, *, error: bool) -> int | None:
+        key = self.sync._key(run_id)
+        try:
+            seq: int | None = await self._queue(key, chunk, True, error=error)
+        except RunClosedError:
+            seq = None  # already complete; still wait for a terminal of ours in flight
+        await asyncio.to_thread(self.sync.engine.flush, self.sync._write_timeout, key)
+        return seq
 
     async def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
         await asyncio.to_thread(self.sync.flush, timeout, run_id=run_id)

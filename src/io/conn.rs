@@ -349,9 +349,11 @@ pub fn is_link_error(err: &RedisError) -> bool {
         || is_transient_reply(err)
 }
 
-/// A server reply that only means "not now".
+/// A server reply that only means "not now" (`OOM`: at `maxmemory` with
+/// `noeviction`, writes are refused until memory frees up; nothing of the
+/// refused script was stored, so it is retried like the rest).
 pub fn is_transient_reply(err: &RedisError) -> bool {
-    matches!(err.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY"))
+    matches!(err.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY" | "OOM"))
 }
 
 /// A cluster redirection (`MOVED`/`ASK`): the slot lives, or is moving, elsewhere.

@@ -7,6 +7,12 @@
 //! A single sender means pipelines of one run never overlap, so chunks land
 //! in seq order; the script makes each batch all-or-nothing and fenced, so a
 //! retry after a lost reply never stores a chunk twice.
+//!
+//! The same thread opens runs (reads each new run's top in its pipeline), so
+//! a caller waits for an answer on a condition variable, never on a socket,
+//! and its own timeout always holds. A seq id handed out is never given
+//! again: a run whose batch failed stays broken for this writer (its later
+//! writes raise the error) and only its error terminal may still be stored.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,6 +29,10 @@ const APPEND_SCRIPT: &str = include_str!("../../python/sse_redis/append.lua");
 /// and one script's time on the server, stay short.
 const MAX_PIPELINE_CHUNKS: usize = 2048;
 const MAX_CALL_CHUNKS: usize = 512;
+/// A chunk above the lowest `proto-max-bulk-len` a server accepts (1 MiB) may
+/// be refused, and the server then drops the connection: such a chunk goes in
+/// a pipeline of its own, so a refusal fails its run only.
+const LARGE_CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub enum WriteError {
@@ -48,6 +58,15 @@ pub struct Options {
     pub cluster: bool,
 }
 
+/// What a queued chunk is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chunk,
+    Terminal,
+    /// The error terminal (`fail`), which may end a broken run too.
+    ErrorTerminal,
+}
+
 struct Chunk {
     seq: u64,
     data: String,
@@ -63,12 +82,34 @@ struct Run {
     next_seq: u64,
     stored: u64,
     closing: bool,
+    /// Set when a batch failed: the run is broken for this writer for good.
     error: Option<WriteError>,
+    /// The queued terminal is the error terminal of a broken run.
+    ending: bool,
     ready: bool,
     in_flight: usize,
     /// The sender connection that stored its last batch: the next batch sent
     /// on it may skip reading the stream's top (see `append.lua`, trusted).
     trusted_on: Option<u64>,
+}
+
+impl Run {
+    /// A write would wait for room: the buffer is full and this run already
+    /// has its share pending (a batch, or the whole buffer if smaller). A run
+    /// with less never waits, so one busy run cannot hold every other run's
+    /// chunks back.
+    fn must_wait(&self, state_pending: usize, opts: &Options) -> bool {
+        self.error.is_none()
+            && state_pending >= opts.max_pending
+            && self.queue.len() + self.in_flight >= opts.flush_size.min(opts.max_pending)
+    }
+}
+
+/// A run being opened by the sender, and the callers waiting for it.
+#[derive(Default)]
+struct Opening {
+    waiting: usize,
+    failed: Option<WriteError>,
 }
 
 #[derive(Default, Clone)]
@@ -86,7 +127,10 @@ pub struct Stats {
 struct State {
     runs: HashMap<String, Run>,
     ready: VecDeque<String>,
+    opening: HashMap<String, Opening>,
+    to_open: Vec<String>,
     pending: usize,
+    /// Broken runs whose error no flush has reported yet.
     failed: Vec<(String, u64)>,
     closed: bool,
     stats: Stats,
@@ -98,11 +142,18 @@ impl State {
         self.runs.get(key).filter(|r| r.gen == gen)
     }
 
-    /// Takes the run's error out, forgetting the run; the next write re-reads Redis.
-    fn deliver(&mut self, key: &str) -> WriteError {
-        let run = self.runs.remove(key).expect("deliver: run present");
-        self.failed.retain(|(k, g)| !(k == key && *g == run.gen));
-        run.error.expect("deliver: run has an error")
+    /// The broken run's error, now seen by the caller (so a flush of every
+    /// run does not report it again); the run stays broken.
+    fn report(&mut self, key: &str) -> WriteError {
+        let run = self.runs.get(key).expect("report: run present");
+        let gen = run.gen;
+        let error = run.error.clone().expect("report: run is broken");
+        self.failed.retain(|(k, g)| !(k == key && *g == gen));
+        error
+    }
+
+    fn has_work(&self) -> bool {
+        !self.ready.is_empty() || !self.to_open.is_empty()
     }
 }
 
@@ -111,6 +162,15 @@ struct Batch {
     gen: u64,
     chunks: Vec<Chunk>,
     trusted_on: Option<u64>,
+    /// The error terminal of a broken run: stored after this seq (what the
+    /// writer last stored), across the refused chunks' gap.
+    after_break: Option<u64>,
+}
+
+impl Batch {
+    fn large(&self) -> bool {
+        self.chunks.iter().any(|c| c.data.len() > LARGE_CHUNK_BYTES)
+    }
 }
 
 enum Outcome {
@@ -155,13 +215,17 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
+fn shown(timeout: Option<Duration>) -> String {
+    format!("{:?}s", timeout.unwrap_or_default().as_secs_f64())
+}
+
 impl Engine {
     pub fn new(url: &str, opts: Options) -> Result<Engine, WriteError> {
         let target = Arc::new(Target::new(url, opts.cluster).map_err(WriteError::Redis)?);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
-            writer_id: writer_id(),
+            writer_id: writer_id()?,
             opts,
         });
         let sender = Sender::new(target.clone(), shared.clone());
@@ -204,100 +268,128 @@ impl Engine {
         }
     }
 
-    /// `(seq_id, complete)` of the stream's last entry, `(0, false)` if none.
-    fn read_top(&self, key: &str) -> Result<(u64, bool), WriteError> {
-        let reply: Value = self.control(|c| {
-            redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query(c)
-        })?;
-        Ok(parse_range(&reply).first().map_or((0, false), |e| (e.seq(), e.is_complete())))
-    }
-
-    /// Learns where the run stands in Redis (one round trip, first write only).
-    pub fn open(&self, key: &str) -> Result<(), WriteError> {
-        if self.shared.lock().runs.contains_key(key) {
-            return Ok(());
-        }
-        let (top, complete) = self.read_top(key)?;
-        if complete {
-            return Err(WriteError::Closed(format!("run stream {key:?} is already complete")));
-        }
-        let mut state = self.shared.lock();
-        let gen = state.next_gen;
-        state.runs.entry(key.to_owned()).or_insert_with(|| Run {
-            gen,
-            queue: VecDeque::new(),
-            next_seq: top + 1,
-            stored: top,
-            closing: false,
-            error: None,
-            ready: false,
-            in_flight: 0,
-            trusted_on: None,
-        });
-        state.next_gen += 1;
+    /// Has the sender learn where the run stands in Redis (first write only)
+    /// and waits for it, at most `timeout`.
+    pub fn open(&self, key: &str, timeout: Option<Duration>) -> Result<(), WriteError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let state = self.shared.lock();
+        drop(self.opened(state, key, deadline, timeout)?);
         Ok(())
     }
 
-    /// Queues one chunk and returns its seq id; waits for buffer space up to `timeout`.
-    pub fn write(&self, key: &str, data: String, complete: bool, timeout: Option<Duration>) -> Result<u64, WriteError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut data = Some(data);
-        loop {
-            {
-                let mut state = self.shared.lock();
-                if let Some(gen) = state.runs.get(key).map(|r| r.gen) {
-                    while state.pending >= self.shared.opts.max_pending
-                        && state.run(key, gen).is_some_and(|r| r.error.is_none())
-                        && !state.closed
-                    {
-                        let left = remaining(deadline);
-                        if left == Some(Duration::ZERO) {
-                            return Err(WriteError::Timeout(format!(
-                                "{} chunks waiting for Redis; no room within {:?}",
-                                state.pending,
-                                timeout.unwrap_or_default()
-                            )));
-                        }
-                        state = self.shared.wait(state, left);
-                    }
-                    if state.run(key, gen).is_some() {
-                        return self.enqueue(&mut state, key, data.take().expect("data"), complete);
-                    }
-                    continue; // the run failed while we waited: report that
-                }
+    fn opened<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        key: &str,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<MutexGuard<'a, State>, WriteError> {
+        if state.runs.contains_key(key) {
+            return Ok(state);
+        }
+        if !state.opening.contains_key(key) {
+            state.opening.insert(key.to_owned(), Opening::default());
+            state.to_open.push(key.to_owned());
+            self.shared.changed.notify_all();
+        }
+        state.opening.get_mut(key).expect("inserted above").waiting += 1;
+        let result = loop {
+            if state.closed {
+                break Err(WriteError::EngineClosed);
             }
-            self.open(key)?;
+            if state.runs.contains_key(key) {
+                break Ok(());
+            }
+            if let Some(error) = state.opening.get(key).and_then(|o| o.failed.clone()) {
+                break Err(error);
+            }
+            let left = remaining(deadline);
+            if left == Some(Duration::ZERO) {
+                break Err(WriteError::Timeout(format!(
+                    "run stream {key:?} could not be opened within {}: Redis did not answer",
+                    shown(timeout)
+                )));
+            }
+            state = self.shared.wait(state, left);
+        };
+        if let Some(opening) = state.opening.get_mut(key) {
+            opening.waiting -= 1;
+            if opening.waiting == 0 && opening.failed.is_some() {
+                state.opening.remove(key);
+            }
+        }
+        result.map(|()| state)
+    }
+
+    /// Queues one chunk and returns its seq id; waits for the run to open and
+    /// for buffer space, up to `timeout` in all.
+    pub fn write(&self, key: &str, data: String, kind: Kind, timeout: Option<Duration>) -> Result<u64, WriteError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut data = data;
+        loop {
+            match self.try_enqueue(key, data, kind)? {
+                Ok(seq) => return Ok(seq),
+                Err(back) => data = back,
+            }
+            self.writable(key, deadline, timeout)?;
+        }
+    }
+
+    /// Waits until a write to `key` would not wait (the run is open and there
+    /// is room, or the write would fail at once), at most `timeout`; queues nothing.
+    pub fn wait_writable(&self, key: &str, timeout: Option<Duration>) -> Result<(), WriteError> {
+        self.writable(key, timeout.map(|t| Instant::now() + t), timeout)
+    }
+
+    fn writable(&self, key: &str, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<(), WriteError> {
+        let mut state = self.opened(self.shared.lock(), key, deadline, timeout)?;
+        loop {
+            if state.closed {
+                return Err(WriteError::EngineClosed);
+            }
+            match state.runs.get(key) {
+                None => return Ok(()), // finished or deleted meanwhile: the write re-opens it
+                Some(run) if !run.must_wait(state.pending, &self.shared.opts) => return Ok(()),
+                Some(_) => {}
+            }
+            let left = remaining(deadline);
+            if left == Some(Duration::ZERO) {
+                return Err(WriteError::Timeout(format!(
+                    "{} chunks waiting for Redis; no room within {}",
+                    state.pending,
+                    shown(timeout)
+                )));
+            }
+            state = self.shared.wait(state, left);
         }
     }
 
     /// `write` that never waits: `None` when the run is not open yet or the buffer is full.
-    pub fn try_write(&self, key: &str, data: String, complete: bool) -> Result<Option<u64>, WriteError> {
-        Ok(self.try_enqueue(key, data, complete)?.ok())
+    pub fn try_write(&self, key: &str, data: String, kind: Kind) -> Result<Option<u64>, WriteError> {
+        Ok(self.try_enqueue(key, data, kind)?.ok())
     }
 
     /// `try_write` that hands `data` back (`Err`) when the write would have to
     /// wait, so a caller falling back to `write` needs no copy of it.
-    pub fn try_enqueue(&self, key: &str, data: String, complete: bool) -> Result<Result<u64, String>, WriteError> {
+    pub fn try_enqueue(&self, key: &str, data: String, kind: Kind) -> Result<Result<u64, String>, WriteError> {
         let mut state = self.shared.lock();
-        match state.runs.get(key) {
-            None => Ok(Err(data)),
-            Some(run) if run.error.is_none() && state.pending >= self.shared.opts.max_pending => Ok(Err(data)),
-            Some(_) => self.enqueue(&mut state, key, data, complete).map(Ok),
-        }
-    }
-
-    fn enqueue(&self, state: &mut State, key: &str, data: String, complete: bool) -> Result<u64, WriteError> {
         if state.closed {
             return Err(WriteError::EngineClosed);
         }
-        let run = state.runs.get_mut(key).expect("enqueue: run present");
+        let pending = state.pending;
+        let Some(run) = state.runs.get_mut(key) else { return Ok(Err(data)) };
         if run.error.is_some() {
-            return Err(state.deliver(key));
-        }
-        if run.closing {
+            if kind != Kind::ErrorTerminal || run.closing {
+                return Err(state.report(key));
+            }
+            run.ending = true;
+        } else if run.closing {
             return Err(WriteError::Closed(format!("run stream {key:?} is already complete")));
+        } else if run.must_wait(pending, &self.shared.opts) {
+            return Ok(Err(data));
         }
         let seq = run.next_seq;
+        let complete = kind != Kind::Chunk;
         run.next_seq += 1;
         run.closing = complete;
         run.queue.push_back(Chunk { seq, data, timestamp: now_ms(), complete });
@@ -308,11 +400,12 @@ impl Engine {
             state.ready.push_back(key.to_owned());
             self.shared.changed.notify_all();
         }
-        Ok(seq)
+        Ok(Ok(seq))
     }
 
     /// Returns once every chunk queued so far (for `key`, or all runs) is
-    /// stored; raises what failed since the last flush.
+    /// stored. For one run, raises its error whenever it is broken; for all,
+    /// raises what failed since the last flush, each error once.
     pub fn flush(&self, timeout: Option<Duration>, key: Option<&str>) -> Result<(), WriteError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut state = self.shared.lock();
@@ -323,35 +416,37 @@ impl Engine {
             .map(|(k, r)| (k.clone(), r.gen, r.next_seq - 1))
             .collect();
         for (k, gen, target) in &targets {
-            while state.run(k, *gen).is_some_and(|r| r.stored < *target && r.error.is_none()) {
+            // A broken run's error terminal is still awaited: it may yet be stored.
+            while state.run(k, *gen).is_some_and(|r| r.stored < *target && (r.error.is_none() || r.ending)) {
                 let left = remaining(deadline);
                 if left == Some(Duration::ZERO) {
-                    return Err(WriteError::Timeout(format!(
-                        "flush did not finish within {:?}",
-                        timeout.unwrap_or_default()
-                    )));
+                    return Err(WriteError::Timeout(format!("flush did not finish within {}", shown(timeout))));
                 }
                 state = self.shared.wait(state, left);
             }
         }
         match key {
             None => match state.failed.first().cloned() {
-                Some((k, _)) => Err(state.deliver(&k)),
+                Some((k, _)) => Err(state.report(&k)),
                 None => Ok(()),
             },
             Some(k) => match targets.first() {
-                Some((_, gen, _)) if state.run(k, *gen).is_some_and(|r| r.error.is_some()) => Err(state.deliver(k)),
+                Some((_, gen, _)) if state.run(k, *gen).is_some_and(|r| r.error.is_some()) => Err(state.report(k)),
                 _ => Ok(()),
             },
         }
     }
 
     pub fn last_seq(&self, key: &str) -> Result<u64, WriteError> {
-        Ok(self.read_top(key)?.0)
+        let reply: Value = self.control(|c| {
+            redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query(c)
+        })?;
+        Ok(parse_range(&reply).first().map_or(0, |e| e.seq()))
     }
 
-    /// Deletes the run's stream and forgets the run, once its batch in flight
-    /// (if any) has landed, so nothing of it is written after the DEL.
+    /// Deletes the run's stream and forgets the run (a broken one too), once
+    /// its batch in flight (if any) has landed, so nothing of it is written
+    /// after the DEL.
     pub fn delete(&self, key: &str) -> Result<(), WriteError> {
         {
             let mut state = self.shared.lock();
@@ -359,6 +454,7 @@ impl Engine {
                 let (gen, dropped) = (run.gen, run.queue.len());
                 run.queue.clear();
                 run.closing = true; // no new writes while it goes
+                run.ending = false;
                 state.pending -= dropped;
                 while state.run(key, gen).is_some_and(|r| r.in_flight > 0) {
                     state = self.shared.wait(state, None);
@@ -402,15 +498,18 @@ impl Drop for Engine {
     }
 }
 
-fn writer_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut id = String::new();
-    for salt in 0..2u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(now_ms() ^ salt ^ u64::from(std::process::id()));
-        id.push_str(&format!("{:016x}", h.finish()));
-    }
-    id
+/// 128 bits from the OS: unique across processes, forks and hosts (a forked
+/// child builds its own engine, so draws its own id).
+fn writer_id() -> Result<String, WriteError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| WriteError::Redis(format!("no OS randomness for the writer id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What one round sends: runs to open, then batches.
+struct Work {
+    opens: Vec<String>,
+    batches: Vec<Batch>,
 }
 
 /// The background thread: takes what is ready, sends it, records the outcome.
@@ -431,78 +530,182 @@ impl Sender {
 
     fn run(mut self) {
         loop {
-            let batches = {
+            let mut work = {
                 let mut state = self.shared.lock();
-                while state.ready.is_empty() && !state.closed {
+                while !state.has_work() && !state.closed {
                     state = self.shared.changed.wait(state).unwrap_or_else(|p| p.into_inner());
                 }
-                if state.ready.is_empty() {
-                    return;
+                if state.closed {
+                    let opens = std::mem::take(&mut state.to_open);
+                    fail_opens(&mut state, opens, &WriteError::EngineClosed);
+                    self.shared.changed.notify_all();
+                    if !state.has_work() {
+                        return;
+                    }
                 }
-                take_batches(&mut state, self.shared.opts.flush_size)
+                let opens = std::mem::take(&mut state.to_open);
+                Work { opens, batches: take_batches(&mut state, self.shared.opts.flush_size) }
             };
-            let mut batches = batches;
             if self.target.is_cluster() {
                 // One script call covers one slot: gather each slot's batches
                 // (a stable sort keeps every run's batches in seq order).
-                batches.sort_by(|a, b| conn::slot_group(&a.key).cmp(conn::slot_group(&b.key)));
+                work.batches.sort_by(|a, b| conn::slot_group(&a.key).cmp(conn::slot_group(&b.key)));
             }
-            let outcomes = self.send(&batches);
+            let (tops, outcomes) = self.send_all(&work);
             let mut state = self.shared.lock();
-            apply(&mut state, batches, outcomes, self.con_id);
+            apply_opens(&mut state, work.opens, tops);
+            apply(&mut state, work.batches, outcomes, self.con_id);
             self.shared.changed.notify_all();
         }
     }
 
-    /// One pipeline, retried (safely: the script spots its own batches) until the deadline.
-    fn send(&mut self, batches: &[Batch]) -> Vec<Outcome> {
+    /// The opens and the batches without a large chunk in one pipeline, then
+    /// each batch holding one on its own (in order, so each run's batches
+    /// still land in seq order).
+    fn send_all(&mut self, work: &Work) -> (Vec<Result<Value, WriteError>>, Vec<Outcome>) {
+        let mut outcomes = Vec::with_capacity(work.batches.len());
+        let mut tops = Vec::new();
+        let mut start = 0;
+        let mut opens: &[String] = &work.opens;
+        while start < work.batches.len() || !opens.is_empty() {
+            let large = work.batches.get(start).is_some_and(Batch::large);
+            let end = match (large, opens.is_empty()) {
+                (true, false) => start, // the opens first, on their own
+                (true, true) => start + 1,
+                (false, _) => (start..work.batches.len()).find(|&i| work.batches[i].large()).unwrap_or(work.batches.len()),
+            };
+            let isolated = large && opens.is_empty();
+            let (t, o) = self.send(opens, &work.batches[start..end], isolated);
+            if !opens.is_empty() {
+                tops = t;
+                opens = &[];
+            }
+            outcomes.extend(o);
+            start = end;
+        }
+        (tops, outcomes)
+    }
+
+    /// One pipeline, retried (safely: the script spots its own batches) until
+    /// the deadline. `isolated`: one batch with a large chunk, which a server
+    /// may refuse by dropping the connection.
+    fn send(&mut self, opens: &[String], batches: &[Batch], isolated: bool) -> (Vec<Result<Value, WriteError>>, Vec<Outcome>) {
         let deadline = Instant::now() + self.shared.opts.retry_timeout;
         let mut delay = Duration::from_millis(10);
+        let mut refusals = 0;
+        let fail_all = |error: WriteError| {
+            (opens.iter().map(|_| Err(error.clone())).collect(), batches.iter().map(|_| Outcome::Failed(error.clone())).collect())
+        };
+        let secs = self.shared.opts.retry_timeout.as_secs_f64();
+        let gave_up = |err: &RedisError| {
+            if err.code() == Some("OOM") {
+                WriteError::Redis(format!("Redis refused writes for {secs:?}s: out of memory (maxmemory): {err}"))
+            } else {
+                WriteError::Unavailable(format!("Redis unreachable for {secs:?}s: {err}"))
+            }
+        };
         loop {
-            let err = match self.pipeline(batches) {
-                Ok(replies) => return batches.iter().zip(replies).map(|(b, r)| outcome(b, r)).collect(),
+            let err = match self.pipeline(opens, batches) {
+                Ok((tops, replies)) => {
+                    // "Not now" (a restarted server loading, or out of memory):
+                    // the whole pipeline again, which the script makes safe;
+                    // at the deadline, what did land counts and the rest fails.
+                    let transient = tops.iter().chain(&replies).find_map(|r| match r {
+                        Err(e) if conn::is_transient_reply(e) => Some(e.clone()),
+                        _ => None,
+                    });
+                    let last_try = Instant::now() + delay > deadline || self.shared.lock().closed;
+                    match transient {
+                        Some(err) if !last_try => err,
+                        _ => {
+                            let tops = tops
+                                .into_iter()
+                                .map(|r| r.map_err(|e| match conn::is_transient_reply(&e) {
+                                    true => gave_up(&e),
+                                    false => WriteError::Redis(format!("Redis refused a read: {e}")),
+                                }))
+                                .collect();
+                            let outcomes = batches
+                                .iter()
+                                .zip(replies)
+                                .map(|(b, r)| match r {
+                                    Err(e) if conn::is_transient_reply(&e) => Outcome::Failed(gave_up(&e)),
+                                    Err(e) if isolated => Outcome::Failed(refused_chunk(b, &e)),
+                                    r => outcome(b, r),
+                                })
+                                .collect::<Vec<_>>();
+                            if isolated && matches!(outcomes.first(), Some(Outcome::Failed(_))) {
+                                self.con = None; // a server refusing a bulk that long drops the link too
+                            }
+                            return (tops, outcomes);
+                        }
+                    }
+                }
                 Err(err) => err,
             };
             if !conn::is_link_error(&err) {
-                let error = WriteError::Redis(format!("Redis refused a batch: {err}"));
-                return batches.iter().map(|_| Outcome::Failed(error.clone())).collect();
+                self.con = None; // e.g. a protocol error, after which the server closes the link
+                let error = match isolated {
+                    true => refused_chunk(&batches[0], &err),
+                    false => WriteError::Redis(format!("Redis refused a batch: {err}")),
+                };
+                return fail_all(error);
             }
-            self.con = None;
+            if !conn::is_transient_reply(&err) {
+                self.con = None;
+                // The server dropping the link while a large chunk went, twice,
+                // and answering a fresh connection at once: it refused the chunk.
+                if isolated && self.server_answers() {
+                    refusals += 1;
+                    if refusals == 2 {
+                        return fail_all(refused_chunk(&batches[0], &err));
+                    }
+                }
+            }
             let mut state = self.shared.lock();
             state.stats.retries += 1;
             if Instant::now() + delay > deadline || state.closed {
-                let error = WriteError::Unavailable(format!(
-                    "Redis unreachable for {:?}: {err}",
-                    self.shared.opts.retry_timeout
-                ));
-                return batches.iter().map(|_| Outcome::Failed(error.clone())).collect();
+                return fail_all(gave_up(&err));
             }
             drop(self.shared.wait(state, Some(delay))); // woken early by close
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 
-    /// One script call per group of batches (then `WAIT`, when asked); one reply per batch.
-    fn pipeline(&mut self, batches: &[Batch]) -> RedisResult<Vec<RedisResult<Value>>> {
+    fn server_answers(&self) -> bool {
+        let opts = &self.shared.opts;
+        self.target
+            .connect(opts.connect_timeout, Some(opts.connect_timeout))
+            .and_then(|mut con| con.pipeline(vec![redis::cmd("PING")]))
+            .is_ok_and(|replies| replies.iter().all(|r| r.is_ok()))
+    }
+
+    /// The opens' `XREVRANGE`s and one script call per group of batches (then
+    /// `WAIT`, when asked): one reply per open and one per batch.
+    #[allow(clippy::type_complexity)]
+    fn pipeline(&mut self, opens: &[String], batches: &[Batch]) -> RedisResult<(Vec<RedisResult<Value>>, Vec<RedisResult<Value>>)> {
         let opts = &self.shared.opts;
         if self.con.is_none() {
             self.con = Some(self.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?);
             self.con_id += 1;
         }
         let con = self.con.as_mut().expect("connected above");
-        if !self.script_loaded {
+        if !self.script_loaded && !batches.is_empty() {
             self.script.prepare_invoke().load(con)?; // every master, on a cluster
             self.script_loaded = true;
         }
         let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
         let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
         let groups = groups(batches, self.target.is_cluster());
+        let mut cmds = Vec::with_capacity(opens.len() + groups.len());
+        for key in opens {
+            cmds.push(redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).clone());
+        }
         // Trusted: the run's last batch landed on this very connection. Only
         // the first batch of a run in a pipeline; the script trusts the next
         // ones of a call itself. Never on a cluster, where the client may move
         // to another node (a promoted replica) without a new connection.
         let mut seen = std::collections::HashSet::new();
-        let mut cmds = Vec::with_capacity(groups.len());
         for group in &groups {
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(self.script.get_hash()).arg(group.len());
@@ -514,7 +717,12 @@ impl Sender {
                 let trusted = seen.insert(batch.key.as_str())
                     && !self.target.is_cluster()
                     && batch.trusted_on == Some(self.con_id);
-                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(if trusted { "1" } else { "" });
+                let mode = match batch.after_break {
+                    Some(after) => format!("a{after}"),
+                    None if trusted => "1".to_owned(),
+                    None => String::new(),
+                };
+                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(mode);
                 for chunk in &batch.chunks {
                     cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
                 }
@@ -522,30 +730,28 @@ impl Sender {
             cmds.push(cmd);
         }
         self.shared.lock().stats.pipelines += 1;
-        let replies = con.pipeline(cmds)?; // one result per call, on either kind of link
+        let mut replies = con.pipeline(cmds)?; // one result per command, on either kind of link
         if replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
             self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH, failover)
-            return self.pipeline(batches);
+            return self.pipeline(opens, batches);
         }
-        // "Not now" (a restarted server still loading): retry the whole pipeline,
-        // which the script makes safe, rather than fail its runs.
-        if let Some(Err(e)) = replies.iter().find(|r| matches!(r, Err(e) if conn::is_transient_reply(e))) {
-            self.script_loaded = false; // a restarted server has no scripts either
-            return Err(e.clone());
+        if replies.iter().any(|r| matches!(r, Err(e) if conn::is_transient_reply(e) && e.code() != Some("OOM"))) {
+            self.script_loaded = false; // a restarted server (-LOADING) has no scripts either
         }
-        if opts.wait_replicas > 0 {
+        if opts.wait_replicas > 0 && !batches.is_empty() {
             self.wait_replicas(batches)?;
         }
+        let calls = replies.split_off(opens.len());
         // A call's reply holds one reply per batch; a whole call failing fails each of them.
         let mut per_batch = Vec::with_capacity(batches.len());
-        for (group, reply) in groups.iter().zip(replies) {
+        for (group, reply) in groups.iter().zip(calls) {
             match reply {
                 Ok(Value::Array(items)) if items.len() == group.len() => per_batch.extend(items.into_iter().map(Ok)),
                 Ok(other) => per_batch.extend(group.iter().map(|_| Ok(other.clone()))),
                 Err(e) => per_batch.extend(group.iter().map(|_| Err(e.clone()))),
             }
         }
-        Ok(per_batch)
+        Ok((replies, per_batch))
     }
 
     /// `WAIT` for the replicas: until they have the batches, they are not
@@ -568,6 +774,14 @@ impl Sender {
     }
 }
 
+fn refused_chunk(batch: &Batch, err: &RedisError) -> WriteError {
+    let size = batch.chunks.iter().map(|c| c.data.len()).max().unwrap_or(0);
+    WriteError::Redis(format!(
+        "Redis refused a chunk of {size} bytes for {:?} (over its proto-max-bulk-len?): {err}",
+        batch.key
+    ))
+}
+
 /// Consecutive batches, cut into script calls of at most `MAX_CALL_CHUNKS`
 /// chunks (and, on a cluster, of one slot each).
 fn groups(batches: &[Batch], cluster: bool) -> Vec<&[Batch]> {
@@ -587,26 +801,38 @@ fn groups(batches: &[Batch], cluster: bool) -> Vec<&[Batch]> {
     groups
 }
 
-/// Everything ready, as per-run batches of `flush_size`.
+/// What is ready, taken fairly: one batch of at most `flush_size` per ready
+/// run per turn, a run with more queued going to the back of the line, so a
+/// busy run delays another run's chunk by one pipeline at most. A large chunk
+/// is a batch of its own (see `LARGE_CHUNK_BYTES`).
 fn take_batches(state: &mut State, flush_size: usize) -> Vec<Batch> {
     let mut batches = Vec::new();
     let mut room = MAX_PIPELINE_CHUNKS;
     while room > 0 {
-        let Some(key) = state.ready.front().cloned() else { break };
-        let Some(run) = state.runs.get_mut(&key) else {
-            state.ready.pop_front(); // deleted meanwhile
-            continue;
-        };
-        while !run.queue.is_empty() && room > 0 {
-            let take = flush_size.min(run.queue.len()).min(room);
+        let Some(key) = state.ready.pop_front() else { break };
+        let Some(run) = state.runs.get_mut(&key) else { continue }; // deleted meanwhile
+        let mut take = 0;
+        for chunk in run.queue.iter().take(flush_size.min(room)) {
+            let large = chunk.data.len() > LARGE_CHUNK_BYTES;
+            if large && take > 0 {
+                break;
+            }
+            take += 1;
+            if large {
+                break;
+            }
+        }
+        if take > 0 {
             run.in_flight += take;
             let chunks = run.queue.drain(..take).collect();
-            batches.push(Batch { key: key.clone(), gen: run.gen, chunks, trusted_on: run.trusted_on });
+            let after_break = run.ending.then_some(run.stored);
+            batches.push(Batch { key: key.clone(), gen: run.gen, chunks, trusted_on: run.trusted_on, after_break });
             room -= take;
         }
         if run.queue.is_empty() {
             run.ready = false;
-            state.ready.pop_front();
+        } else {
+            state.ready.push_back(key);
         }
     }
     batches
@@ -629,7 +855,7 @@ fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
         Some(Value::Int(n)) => *n as u64,
         _ => 0,
     };
-    let expected = batch.chunks[0].seq - 1;
+    let expected = batch.after_break.unwrap_or(batch.chunks[0].seq - 1);
     match status.as_str() {
         "ok" | "dup" => Outcome::Stored,
         "wrongtype" => Outcome::Failed(WriteError::Redis(format!("{key:?} holds a value that is not a stream"))),
@@ -651,34 +877,84 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
     for (batch, outcome) in batches.into_iter().zip(outcomes) {
         state.pending -= batch.chunks.len();
         state.stats.batches += 1;
-        let Some(run) = state.runs.get_mut(&batch.key).filter(|r| r.gen == batch.gen) else {
+        let (key, gen) = (batch.key, batch.gen);
+        let Some(run) = state.runs.get_mut(&key).filter(|r| r.gen == gen) else {
             continue; // deleted meanwhile
         };
         run.in_flight -= batch.chunks.len();
-        if run.error.is_some() {
+        if run.error.is_some() && batch.after_break.is_none() {
             continue; // an earlier batch of it failed
         }
-        match outcome {
+        let finished = match outcome {
             Outcome::Stored => {
                 let last = batch.chunks.last().expect("batches are never empty");
                 run.stored = last.seq;
                 run.trusted_on = Some(con_id);
-                let finished = last.complete;
                 state.stats.chunks += batch.chunks.len() as u64;
-                if finished {
-                    state.runs.remove(&batch.key); // bounded memory: a finished run leaves nothing
-                }
+                last.complete
             }
-            Outcome::AlreadyComplete => {
-                state.runs.remove(&batch.key); // a second terminal: a no-op, not an error
-            }
+            Outcome::AlreadyComplete => true, // a second terminal: a no-op, not an error
             Outcome::Failed(error) => {
+                // The run is broken: what is queued is dropped, and its seq
+                // ids are never handed out again (next_seq stays).
                 let dropped = run.queue.len();
                 run.queue.clear();
                 run.error = Some(error);
+                (run.ending, run.closing) = (false, false); // its error terminal may be tried again
                 state.pending -= dropped;
                 state.stats.errors += 1;
-                state.failed.push((batch.key, batch.gen));
+                if !state.failed.contains(&(key.clone(), gen)) {
+                    state.failed.push((key.clone(), gen));
+                }
+                false
+            }
+        };
+        if finished {
+            state.runs.remove(&key); // bounded memory: a finished run leaves nothing
+            state.failed.retain(|(k, g)| !(*k == key && *g == gen));
+        }
+    }
+}
+
+/// Records each opened run's top: a run of its own, or the open's error for
+/// whoever waits for it.
+fn apply_opens(state: &mut State, keys: Vec<String>, tops: Vec<Result<Value, WriteError>>) {
+    for (key, top) in keys.into_iter().zip(tops) {
+        let top = top.and_then(|reply| match parse_range(&reply).first() {
+            Some(entry) if entry.is_complete() => Err(WriteError::Closed(format!("run stream {key:?} is already complete"))),
+            Some(entry) => Ok(entry.seq()),
+            None => Ok(0),
+        });
+        match top {
+            Ok(top) => {
+                state.opening.remove(&key);
+                let gen = state.next_gen;
+                state.next_gen += 1;
+                state.runs.entry(key).or_insert_with(|| Run {
+                    gen,
+                    queue: VecDeque::new(),
+                    next_seq: top + 1,
+                    stored: top,
+                    closing: false,
+                    error: None,
+                    ending: false,
+                    ready: false,
+                    in_flight: 0,
+                    trusted_on: None,
+                });
+            }
+            Err(error) => fail_opens(state, vec![key], &error),
+        }
+    }
+}
+
+/// Hands `error` to whoever waits for these runs to open.
+fn fail_opens(state: &mut State, keys: Vec<String>, error: &WriteError) {
+    for key in keys {
+        match state.opening.get_mut(&key) {
+            Some(opening) if opening.waiting > 0 => opening.failed = Some(error.clone()),
+            _ => {
+                state.opening.remove(&key);
             }
         }
     }

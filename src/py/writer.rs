@@ -7,7 +7,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::io::writer::{Engine, Options};
+use crate::io::writer::{Engine, Kind, Options};
+
+fn kind(complete: bool) -> Kind {
+    if complete { Kind::Terminal } else { Kind::Chunk }
+}
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, not {value}")))
@@ -20,6 +24,17 @@ fn opt_seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
 #[pyclass(frozen, module = "sse_redis._core")]
 pub struct WriterEngine {
     inner: Engine,
+}
+
+impl WriterEngine {
+    fn queue(&self, py: Python<'_>, key: &str, data: String, kind: Kind, timeout: Option<f64>) -> PyResult<u64> {
+        let timeout = opt_seconds(timeout, "timeout")?;
+        let data = match self.inner.try_enqueue(key, data, kind)? {
+            Ok(seq) => return Ok(seq),
+            Err(data) => data,
+        };
+        Ok(py.detach(|| self.inner.write(key, data, kind, timeout))?)
+    }
 }
 
 #[pymethods]
@@ -60,23 +75,36 @@ impl WriterEngine {
         Ok(WriterEngine { inner: Engine::new(url, opts)? })
     }
 
-    fn open(&self, py: Python<'_>, key: &str) -> PyResult<()> {
-        Ok(py.detach(|| self.inner.open(key))?)
+    #[pyo3(signature = (key, timeout = None))]
+    fn open(&self, py: Python<'_>, key: &str, timeout: Option<f64>) -> PyResult<()> {
+        let timeout = opt_seconds(timeout, "timeout")?;
+        Ok(py.detach(|| self.inner.open(key, timeout))?)
     }
 
     /// Queues without releasing the GIL when it can; waits (released) otherwise.
     #[pyo3(signature = (key, data, complete, timeout = None))]
     fn write(&self, py: Python<'_>, key: &str, data: String, complete: bool, timeout: Option<f64>) -> PyResult<u64> {
-        let timeout = opt_seconds(timeout, "timeout")?;
-        let data = match self.inner.try_enqueue(key, data, complete)? {
-            Ok(seq) => return Ok(seq),
-            Err(data) => data,
-        };
-        Ok(py.detach(|| self.inner.write(key, data, complete, timeout))?)
+        self.queue(py, key, data, kind(complete), timeout)
     }
 
-    fn try_write(&self, key: &str, data: String, complete: bool) -> PyResult<Option<u64>> {
-        Ok(self.inner.try_write(key, data, complete)?)
+    /// Queues the run's error terminal, which may end a broken run too.
+    #[pyo3(signature = (key, data, timeout = None))]
+    fn fail(&self, py: Python<'_>, key: &str, data: String, timeout: Option<f64>) -> PyResult<u64> {
+        self.queue(py, key, data, Kind::ErrorTerminal, timeout)
+    }
+
+    /// `write` that never waits: `None` when it would have to.
+    #[pyo3(signature = (key, data, complete, error = false))]
+    fn try_write(&self, key: &str, data: String, complete: bool, error: bool) -> PyResult<Option<u64>> {
+        let kind = if error { Kind::ErrorTerminal } else { kind(complete) };
+        Ok(self.inner.try_write(key, data, kind)?)
+    }
+
+    /// Waits until a write to `key` would not wait; queues nothing.
+    #[pyo3(signature = (key, timeout = None))]
+    fn wait_writable(&self, py: Python<'_>, key: &str, timeout: Option<f64>) -> PyResult<()> {
+        let timeout = opt_seconds(timeout, "timeout")?;
+        Ok(py.detach(|| self.inner.wait_writable(key, timeout))?)
     }
 
     #[pyo3(signature = (timeout = None, key = None))]

@@ -7,13 +7,20 @@ pipeline is in flight, new chunks gather for the next one (group commit).  A
 single sender means the pipelines of one run never overlap, so chunks land in
 seq order; the script makes every batch all-or-nothing and fenced, so a retry
 after a lost reply never stores a chunk twice.
+
+The same thread opens runs (reads each new run's top in its pipeline), so a
+caller waits for an answer on a condition, never on a socket, and its own
+timeout always holds.  A seq id handed out is never given again: a run whose
+batch failed stays broken for this writer (its later writes raise the error)
+and only its error terminal may still be stored.
 """
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import threading
 import time
-import uuid
 from collections import deque
 from importlib import resources
 
@@ -34,12 +41,24 @@ APPEND_SCRIPT = resources.files("sse_redis").joinpath("append.lua").read_text()
 # and one script's time on the server, stay short.
 MAX_PIPELINE_CHUNKS = 2048
 MAX_CALL_CHUNKS = 512
-RETRYABLE = LINK_ERRORS
+# A chunk above the lowest proto-max-bulk-len a server accepts (1 MiB) may be
+# refused, and the server then drops the connection: such a chunk goes in a
+# pipeline of its own, so a refusal fails its run only.
+LARGE_CHUNK_BYTES = 1 << 20
+# OOM: at maxmemory with noeviction, writes are refused until memory frees up;
+# nothing of the refused script was stored, so it is retried like the rest.
+RETRYABLE = (*LINK_ERRORS, redis.exceptions.OutOfMemoryError)
+
+# What a queued chunk is (the Rust core's ``Kind``).
+CHUNK, TERMINAL, ERROR_TERMINAL = "chunk", "terminal", "error"
 
 
 def read_top(client: links.Client, key: str) -> tuple[int, bool]:
     """``(seq_id, complete)`` of the stream's last entry, ``(0, False)`` if none."""
-    entries = client.xrevrange(key, "+", "-", count=1)
+    return _top(client.xrevrange(key, "+", "-", count=1))
+
+
+def _top(entries: list) -> tuple[int, bool]:
     if not entries:
         return 0, False
     fields = entries[0][1]
@@ -55,11 +74,17 @@ class _Chunk:
         self.timestamp = int(time.time() * 1000)
         self.complete = complete
 
+    @property
+    def large(self) -> bool:
+        return len(self.data) > LARGE_CHUNK_BYTES // 4 and len(self.data.encode()) > LARGE_CHUNK_BYTES
+
 
 class _Run:
     """What the engine knows of one open run."""
 
-    __slots__ = ("key", "queue", "next_seq", "stored", "closing", "error", "ready", "in_flight", "trusted_on")
+    __slots__ = (
+        "key", "queue", "next_seq", "stored", "closing", "error", "ending", "ready", "in_flight", "trusted_on"
+    )
 
     def __init__(self, key: str, top: int) -> None:
         self.key = key
@@ -67,12 +92,32 @@ class _Run:
         self.next_seq = top + 1
         self.stored = top
         self.closing = False  # a terminal chunk is queued: no more writes
+        # Set when a batch failed: the run is broken for this writer for good.
         self.error: BaseException | None = None
+        self.ending = False  # the queued terminal is the error terminal of a broken run
         self.ready = False  # listed in the engine's ready queue
         self.in_flight = 0  # chunks in the pipeline being sent
         # The sender connection that stored its last batch: the next batch sent
         # on it may skip reading the stream's top (see append.lua, trusted).
         self.trusted_on: int | None = None
+
+    def must_wait(self, pending: int, max_pending: int, flush_size: int) -> bool:
+        """A write would wait for room: the buffer is full and this run already
+        has its share pending (a batch, or the whole buffer if smaller).  A run
+        with less never waits, so one busy run cannot hold every other run's
+        chunks back."""
+        mine = len(self.queue) + self.in_flight
+        return self.error is None and pending >= max_pending and mine >= min(flush_size, max_pending)
+
+
+class _Opening:
+    """A run being opened by the sender, and the callers waiting for it."""
+
+    __slots__ = ("waiting", "failed")
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.failed: BaseException | None = None
 
 
 class WriterEngine:
@@ -96,6 +141,7 @@ class WriterEngine:
         self._sender_client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
         if isinstance(self._sender_client, redis.Redis):
             links.number_connections(self._sender_client)
+        self._url, self._connect_timeout = url, connect_timeout
         self._stored_on = 0  # the serial of the connection the last pipeline landed on
         self._cluster = cluster
         self._wait_replicas = wait_replicas
@@ -105,12 +151,16 @@ class WriterEngine:
         self._max_len = b"" if max_len is None else str(max_len).encode()
         self._max_pending = max_pending
         self._retry_timeout = retry_timeout
-        self._writer_id = uuid.uuid4().hex.encode()
+        # 128 bits from the OS: unique across processes, forks and hosts (a
+        # forked child builds its own engine, so draws its own id).
+        self._writer_id = secrets.token_hex(16).encode()
         self._sha: str | None = None
 
         self._cv = threading.Condition(threading.Lock())
         self._runs: dict[str, _Run] = {}
         self._ready: deque[_Run] = deque()
+        self._opening: dict[str, _Opening] = {}
+        self._to_open: list[str] = []
         self._pending = 0  # queued or in flight, across all runs
         self._failed: list[_Run] = []  # runs whose error no one has seen yet
         self._closed = False
@@ -135,65 +185,111 @@ class WriterEngine:
             except redis.RedisError as exc:
                 raise SSERedisError(f"Redis refused a command: {exc}") from None
 
-    def open(self, key: str) -> None:
-        """Learn where the run stands in Redis (one round trip, first write only)."""
+    def open(self, key: str, timeout: float | None = None) -> None:
+        """Have the sender learn where the run stands in Redis (first write
+        only) and wait for it, at most ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            if key in self._runs:
-                return
-        top, complete = self._control(lambda client: read_top(client, key))
-        if complete:
-            raise RunClosedError(f"run stream {key!r} is already complete")
-        with self._cv:
-            self._runs.setdefault(key, _Run(key, top))
+            self._opened(key, deadline, timeout)
+
+    def _opened(self, key: str, deadline: float | None, timeout: float | None) -> None:
+        """Caller holds the lock."""
+        if key in self._runs:
+            return
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = self._opening[key] = _Opening()
+            self._to_open.append(key)
+            self._cv.notify_all()
+        opening.waiting += 1
+        try:
+            while True:
+                self._raise_closed()
+                if key in self._runs:
+                    return
+                if opening.failed is not None:
+                    raise opening.failed
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WriteTimeout(
+                        f"run stream {key!r} could not be opened within {_shown(timeout)}: Redis did not answer"
+                    )
+                self._cv.wait(left)
+        finally:
+            opening.waiting -= 1
+            if opening.waiting == 0 and opening.failed is not None and self._opening.get(key) is opening:
+                del self._opening[key]
 
     def write(self, key: str, data: str, complete: bool, timeout: float | None = None) -> int:
-        """Queue one chunk and return its seq id; waits for buffer space up to ``timeout``."""
+        """Queue one chunk and return its seq id; waits for the run to open and
+        for buffer space, up to ``timeout`` in all."""
+        return self._write(key, data, TERMINAL if complete else CHUNK, timeout)
+
+    def fail(self, key: str, data: str, timeout: float | None = None) -> int:
+        """Queue the run's error terminal, which may end a broken run too."""
+        return self._write(key, data, ERROR_TERMINAL, timeout)
+
+    def _write(self, key: str, data: str, kind: str, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._cv:
-                run = self._runs.get(key)
-                if run is not None:
-                    while self._pending >= self._max_pending and self._runs.get(key) is run:
-                        left = None if deadline is None else deadline - time.monotonic()
-                        if left is not None and left <= 0:
-                            raise WriteTimeout(
-                                f"{self._pending} chunks waiting for Redis; no room within {timeout}s"
-                            )
-                        self._cv.wait(left)
-                    if self._runs.get(key) is run:
-                        return self._enqueue(run, data, complete)
-                    continue  # the run failed while we waited: report that
-            self.open(key)
+            seq = self._try_enqueue(key, data, kind)
+            if seq is not None:
+                return seq
+            self._writable(key, deadline, timeout)
 
-    def try_write(self, key: str, data: str, complete: bool) -> int | None:
-        """``write`` that never waits: ``None`` when the run is not open yet or the buffer is full."""
+    def wait_writable(self, key: str, timeout: float | None = None) -> None:
+        """Wait until a write to ``key`` would not wait (the run is open and
+        there is room, or the write would fail at once), at most ``timeout``;
+        queues nothing."""
+        self._writable(key, None if timeout is None else time.monotonic() + timeout, timeout)
+
+    def _writable(self, key: str, deadline: float | None, timeout: float | None) -> None:
         with self._cv:
-            run = self._runs.get(key)
-            if run is None or (run.error is None and self._pending >= self._max_pending):
-                return None
-            return self._enqueue(run, data, complete)
+            self._opened(key, deadline, timeout)
+            while True:
+                self._raise_closed()
+                run = self._runs.get(key)
+                if run is None or not run.must_wait(self._pending, self._max_pending, self._flush_size):
+                    return  # (finished or deleted meanwhile: the write re-opens it)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WriteTimeout(f"{self._pending} chunks waiting for Redis; no room within {_shown(timeout)}")
+                self._cv.wait(left)
 
-    def _enqueue(self, run: _Run, data: str, complete: bool) -> int:
-        """Caller holds the lock."""
-        self._raise_closed()
-        if run.error is not None:
-            self._deliver(run)
-        if run.closing:
-            raise RunClosedError(f"run stream {run.key!r} is already complete")
-        chunk = _Chunk(run.next_seq, data, complete)
-        run.next_seq += 1
-        run.closing = complete
-        run.queue.append(chunk)
-        self._pending += 1
-        if not run.ready:
-            run.ready = True
-            self._ready.append(run)
-            self._cv.notify_all()
-        return chunk.seq
+    def try_write(self, key: str, data: str, complete: bool, error: bool = False) -> int | None:
+        """``write`` that never waits: ``None`` when the run is not open yet or the buffer is full."""
+        return self._try_enqueue(key, data, ERROR_TERMINAL if error else TERMINAL if complete else CHUNK)
+
+    def _try_enqueue(self, key: str, data: str, kind: str) -> int | None:
+        with self._cv:
+            self._raise_closed()
+            run = self._runs.get(key)
+            if run is None:
+                return None
+            if run.error is not None:
+                if kind != ERROR_TERMINAL or run.closing:
+                    self._report(run)
+                run.ending = True
+            elif run.closing:
+                raise RunClosedError(f"run stream {run.key!r} is already complete")
+            elif run.must_wait(self._pending, self._max_pending, self._flush_size):
+                return None
+            complete = kind != CHUNK
+            chunk = _Chunk(run.next_seq, data, complete)
+            run.next_seq += 1
+            run.closing = complete
+            run.queue.append(chunk)
+            self._pending += 1
+            if not run.ready:
+                run.ready = True
+                self._ready.append(run)
+                self._cv.notify_all()
+            return chunk.seq
 
     def flush(self, timeout: float | None = None, key: str | None = None) -> None:
         """Return once every chunk queued so far (for ``key``, or all runs) is
-        stored; raise what failed since the last flush."""
+        stored.  For one run, raise its error whenever it is broken; for all,
+        raise what failed since the last flush, each error once."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             if key is None:
@@ -202,27 +298,27 @@ class WriterEngine:
                 runs = [self._runs[key]] if key in self._runs else []
             for run in runs:
                 target = run.next_seq - 1
-                while self._runs.get(run.key) is run and run.stored < target and run.error is None:
+                # A broken run's error terminal is still awaited: it may yet be stored.
+                while self._runs.get(run.key) is run and run.stored < target and (run.error is None or run.ending):
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        raise WriteTimeout(f"flush did not finish within {timeout}s")
+                        raise WriteTimeout(f"flush did not finish within {_shown(timeout)}")
                     self._cv.wait(left)
             if key is None:
-                self._raise_errors()
-            elif runs and runs[0].error is not None:
-                self._deliver(runs[0])
+                if self._failed:
+                    self._report(self._failed[0])
+            elif runs and self._runs.get(key) is runs[0] and runs[0].error is not None:
+                self._report(runs[0])
 
-    def _deliver(self, run: _Run) -> None:
-        """Raise the run's error once; the next write re-reads Redis.  Caller holds the lock."""
-        if self._runs.get(run.key) is run:
-            del self._runs[run.key]
+    def _report(self, run: _Run) -> None:
+        """Raise the broken run's error, now seen by the caller (so a flush of
+        every run does not report it again); the run stays broken.  Caller
+        holds the lock."""
         if run in self._failed:
             self._failed.remove(run)
-        raise run.error  # type: ignore[misc]
-
-    def _raise_errors(self) -> None:
-        if self._failed:
-            self._deliver(self._failed[0])
+        error = run.error
+        assert error is not None
+        raise type(error)(*error.args) from None  # a fresh one: each raise would grow its traceback
 
     def _raise_closed(self) -> None:
         if self._closed:
@@ -232,7 +328,7 @@ class WriterEngine:
         return self._control(lambda client: read_top(client, key))[0]
 
     def delete(self, key: str) -> None:
-        """Delete the run's stream and forget the run, once its batch in flight
+        """Delete the run's stream and forget the run (a broken one too), once its batch in flight
         (if any) has landed, so nothing of it is written after the DEL."""
         with self._cv:
             run = self._runs.get(key)
@@ -240,6 +336,7 @@ class WriterEngine:
                 self._pending -= len(run.queue)
                 run.queue.clear()
                 run.closing = True  # no new writes while it goes
+                run.ending = False
                 while self._runs.get(key) is run and run.in_flight:
                     self._cv.wait()
                 if self._runs.get(key) is run:
@@ -273,61 +370,139 @@ class WriterEngine:
     def _sender(self) -> None:
         while True:
             with self._cv:
-                while not self._ready and not self._closed:
+                while not self._ready and not self._to_open and not self._closed:
                     self._cv.wait()
-                if not self._ready:
-                    self._sender_client.close()
-                    return
+                if self._closed:
+                    self._fail_opens(self._to_open, SSERedisError("the writer is closed"))
+                    self._to_open = []
+                    self._cv.notify_all()
+                    if not self._ready:
+                        self._sender_client.close()
+                        return
+                opens, self._to_open = self._to_open, []
                 batches = self._take_batches()
             if self._cluster:
                 # One script call covers one slot: gather each slot's batches
                 # (a stable sort keeps every run's batches in seq order).
                 batches.sort(key=lambda batch: links.slot_group(batch[0].key))
-            outcomes = self._send(batches)
+            tops, outcomes = self._send_all(opens, batches)
             with self._cv:
+                self._apply_opens(opens, tops)
                 self._apply(batches, outcomes)
                 self._cv.notify_all()
 
     def _take_batches(self) -> list[tuple[_Run, list[_Chunk]]]:
-        """Everything ready, split into per-run batches of ``flush_size``; caller holds the lock."""
+        """What is ready, taken fairly: one batch of at most ``flush_size`` per
+        ready run per turn, a run with more queued going to the back of the
+        line, so a busy run delays another run's chunk by one pipeline at most.
+        A large chunk is a batch of its own.  Caller holds the lock."""
         batches: list[tuple[_Run, list[_Chunk]]] = []
         room = MAX_PIPELINE_CHUNKS
         while self._ready and room > 0:
-            run = self._ready[0]
-            while run.queue and room > 0:
-                take = min(self._flush_size, len(run.queue), room)
+            run = self._ready.popleft()
+            take = 0
+            for chunk in itertools.islice(run.queue, min(self._flush_size, room)):
+                if chunk.large and take:
+                    break
+                take += 1
+                if chunk.large:
+                    break
+            if take:
                 run.in_flight += take
                 batches.append((run, [run.queue.popleft() for _ in range(take)]))
                 room -= take
-            if not run.queue:
+            if run.queue:
+                self._ready.append(run)
+            else:
                 run.ready = False
-                self._ready.popleft()
         return batches
 
-    def _send(self, batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
-        """One pipeline; retried (safely, the script spots its own batches) until the deadline."""
+    def _send_all(
+        self, opens: list[str], batches: list[tuple[_Run, list[_Chunk]]]
+    ) -> tuple[list[object], list[object]]:
+        """The opens and the batches without a large chunk in one pipeline,
+        then each batch holding one on its own (in order, so each run's
+        batches still land in seq order)."""
+        tops: list[object] = []
+        outcomes: list[object] = []
+        start = 0
+        while start < len(batches) or opens:
+            large = start < len(batches) and _is_large(batches[start])
+            if large and opens:
+                end = start  # the opens first, on their own
+            elif large:
+                end = start + 1
+            else:
+                end = next((i for i in range(start, len(batches)) if _is_large(batches[i])), len(batches))
+            replies = self._send(opens, batches[start:end], isolated=large and not opens)
+            if opens:
+                tops, opens = replies[: len(opens)], []
+                replies = replies[len(tops) :]
+            outcomes += replies
+            start = end
+        return tops, outcomes
+
+    def _send(self, opens: list[str], batches: list[tuple[_Run, list[_Chunk]]], isolated: bool) -> list[object]:
+        """One pipeline; retried (safely, the script spots its own batches)
+        until the deadline.  ``isolated``: one batch with a large chunk, which
+        a server may refuse by dropping the connection."""
         deadline = time.monotonic() + self._retry_timeout
         delay = 0.01
+        refusals = 0
+        count = len(opens) + len(batches)
         while True:
             try:
-                replies = self._pipeline(batches)
+                replies = self._pipeline(opens, batches)
                 if any(_is_noscript(r) for r in replies):
                     self._sha = None
-                    replies = self._pipeline(batches)
-                return replies
+                    replies = self._pipeline(opens, batches)
+                # "Not now" (a restarted server loading, or out of memory): the
+                # whole pipeline again, which the script makes safe; at the
+                # deadline, what did land counts and the rest fails.
+                transient = next((r for r in replies if isinstance(r, RETRYABLE)), None)
+                if transient is None:
+                    return replies
+                if time.monotonic() + delay > deadline or self._closed:
+                    return [self._gave_up(r) if isinstance(r, RETRYABLE) else r for r in replies]
+                raise transient
             except RETRYABLE as exc:
                 self._count("retries")
+                # The server dropping the link while a large chunk went, twice,
+                # and answering a fresh connection at once: it refused the chunk.
+                if isolated and isinstance(exc, (redis.ConnectionError, OSError)) and self._server_answers():
+                    refusals += 1
+                    if refusals == 2:
+                        return [_refused_chunk(batches[0], exc)]
                 if time.monotonic() + delay > deadline or self._closed:
-                    error = RedisUnavailable(f"Redis unreachable for {self._retry_timeout}s: {exc}")
-                    return [error] * len(batches)
+                    return [self._gave_up(exc)] * count
                 with self._cv:
                     self._cv.wait(delay)  # woken early by close
                 delay = min(delay * 2, 1.0)
+            except redis.RedisError as exc:
+                if isolated:
+                    return [_refused_chunk(batches[0], exc)]
+                return [SSERedisError(f"Redis refused a batch: {exc}")] * count
 
-    def _pipeline(self, batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
-        """One script call per group of batches (then WAIT, when asked); one outcome per batch."""
+    def _gave_up(self, exc: BaseException) -> SSERedisError:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            return SSERedisError(f"Redis refused writes for {self._retry_timeout}s: out of memory (maxmemory): {exc}")
+        return RedisUnavailable(f"Redis unreachable for {self._retry_timeout}s: {exc}")
+
+    def _server_answers(self) -> bool:
+        try:
+            probe = links.connect(self._url, self._connect_timeout, self._connect_timeout, cluster=self._cluster)
+            try:
+                return bool(probe.ping())
+            finally:
+                probe.close()
+        except (redis.RedisError, OSError):
+            return False
+
+    def _pipeline(self, opens: list[str], batches: list[tuple[_Run, list[_Chunk]]]) -> list[object]:
+        """The opens' XREVRANGEs and one script call per group of batches (then
+        WAIT, when asked); one reply per open, then one outcome per batch."""
         client = self._sender_client
-        if self._sha is None:
+        if self._sha is None and batches:
             self._sha = client.script_load(APPEND_SCRIPT)  # every master, on a cluster
         groups = _groups(batches, self._cluster)
         # Trusted: the run's last batch landed on this very connection. Only the
@@ -337,24 +512,25 @@ class WriterEngine:
         connection = client.connection_pool.get_connection() if isinstance(client, redis.Redis) else None
         serial = getattr(connection, "serial", None)
         seen: set[str] = set()
-        calls: list[tuple[str, tuple]] = []
+        calls: list[tuple[str, tuple]] = [(key, ("XREVRANGE", key, "+", "-", "COUNT", 1)) for key in opens]
         for group in groups:
             keys = [run.key for run, _ in group]
             args: list[object] = [self._writer_id, self._max_len, self._ttl]
             for run, chunks in group:
                 trusted = run.key not in seen and serial is not None and run.trusted_on == serial
                 seen.add(run.key)
-                args += (chunks[0].seq, len(chunks), b"1" if trusted else b"")
+                after = _after_break(run, chunks)
+                mode = b"1" if trusted else b""
+                args += (chunks[0].seq, len(chunks), mode if after is None else b"a%d" % after)
                 for chunk in chunks:
                     args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
             calls.append((keys[0], ("EVALSHA", self._sha, len(keys), *keys, *args)))
         self._count("pipelines")
         replies, servers = links.pipeline(client, calls, connection)
         self._stored_on = serial or 0
-        transient = next((r for r in replies if isinstance(r, LINK_ERRORS)), None)
-        if transient is not None:
-            raise transient  # "not now" (e.g. -LOADING, -TRYAGAIN): resend it all, safely
-        if self._wait_replicas and not any(_is_noscript(r) for r in replies):
+        if any(isinstance(r, LINK_ERRORS) for r in replies):
+            self._sha = None  # a restarted server (-LOADING) has no scripts either
+        if self._wait_replicas and batches and not any(_is_noscript(r) for r in replies):
             # Until the replicas have the batches they are not acknowledged, and
             # the pipeline is sent again (the script skips what is stored).
             acked = links.wait_replicas(servers, self._wait_replicas, self._wait_timeout_ms)
@@ -362,8 +538,8 @@ class WriterEngine:
                 raise redis.TimeoutError(
                     f"{acked} of {self._wait_replicas} replicas acknowledged within {self._wait_timeout_ms} ms"
                 )
-        outcomes: list[object] = []
-        for group, reply in zip(groups, replies):
+        outcomes: list[object] = replies[: len(opens)]
+        for group, reply in zip(groups, replies[len(opens) :]):
             # a whole call failing (e.g. NOSCRIPT) fails each of its batches
             outcomes += [reply] * len(group) if isinstance(reply, BaseException) else list(reply)
         return outcomes
@@ -378,24 +554,76 @@ class WriterEngine:
             self._pending -= len(chunks)
             self._stats["batches"] += 1
             run.in_flight -= len(chunks)
-            if self._runs.get(run.key) is not run or run.error is not None:
+            after = _after_break(run, chunks)
+            if self._runs.get(run.key) is not run or (run.error is not None and after is None):
                 continue  # deleted meanwhile, or an earlier batch of it failed
-            error = _batch_error(run.key, chunks, outcome)
-            if error is None:
-                self._stats["chunks"] += len(chunks)
-                run.stored = chunks[-1].seq
-                run.trusted_on = self._stored_on or None
-                if chunks[-1].complete:
+            error = _batch_error(run.key, chunks, outcome, after)
+            if error is None or isinstance(error, _AlreadyComplete):
+                # (a second terminal is a no-op, not an error)
+                if error is None:
+                    self._stats["chunks"] += len(chunks)
+                    run.stored = chunks[-1].seq
+                    run.trusted_on = self._stored_on or None
+                if error is not None or chunks[-1].complete:
                     del self._runs[run.key]  # bounded memory: a finished run leaves nothing
+                    if run in self._failed:
+                        self._failed.remove(run)
                 continue
-            if isinstance(error, _AlreadyComplete):
-                del self._runs[run.key]  # a second terminal: a no-op, not an error
-                continue
+            # The run is broken: what is queued is dropped, and its seq ids are
+            # never handed out again (next_seq stays).
             self._stats["errors"] += 1
             run.error = error
-            self._failed.append(run)
+            run.ending = run.closing = False  # its error terminal may be tried again
+            if run not in self._failed:
+                self._failed.append(run)
             self._pending -= len(run.queue)
             run.queue.clear()
+
+    def _apply_opens(self, keys: list[str], tops: list[object]) -> None:
+        """Record each opened run's top: a run of its own, or the open's error
+        for whoever waits for it.  Caller holds the lock."""
+        for key, reply in zip(keys, tops):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, SSERedisError):
+                    reply = SSERedisError(f"Redis refused a read: {reply}")
+                self._fail_opens([key], reply)
+                continue
+            top, complete = _top(reply)  # type: ignore[arg-type]
+            if complete:
+                self._fail_opens([key], RunClosedError(f"run stream {key!r} is already complete"))
+                continue
+            self._opening.pop(key, None)
+            self._runs.setdefault(key, _Run(key, top))
+
+    def _fail_opens(self, keys: list[str], error: BaseException) -> None:
+        """Hand ``error`` to whoever waits for these runs to open."""
+        for key in keys:
+            opening = self._opening.get(key)
+            if opening is not None and opening.waiting:
+                opening.failed = error
+            else:
+                self._opening.pop(key, None)
+
+
+def _after_break(run: _Run, chunks: list[_Chunk]) -> int | None:
+    """For the error terminal of a broken run: the seq it follows (what the
+    writer last stored), across the refused chunks' gap."""
+    return run.stored if run.ending and run.error is not None and chunks[-1].complete else None
+
+
+def _is_large(batch: tuple[_Run, list[_Chunk]]) -> bool:
+    return any(chunk.large for chunk in batch[1])
+
+
+def _refused_chunk(batch: tuple[_Run, list[_Chunk]], exc: BaseException) -> SSERedisError:
+    size = max(len(chunk.data.encode()) for chunk in batch[1])
+    return SSERedisError(
+        f"Redis refused a chunk of {size} bytes for {batch[0].key!r} (over its proto-max-bulk-len?): {exc}"
+    )
+
+
+def _shown(timeout: float | None) -> str:
+    return f"{float(timeout or 0)}s"
 
 
 class _AlreadyComplete(Exception):
@@ -423,7 +651,7 @@ def _is_noscript(reply: object) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError)
 
 
-def _batch_error(key: str, chunks: list[_Chunk], outcome: object) -> BaseException | None:
+def _batch_error(key: str, chunks: list[_Chunk], outcome: object, after: int | None) -> BaseException | None:
     """``None`` when the batch is stored (now or by an earlier try), else the error to report."""
     if isinstance(outcome, BaseException):
         if isinstance(outcome, SSERedisError):
@@ -438,7 +666,7 @@ def _batch_error(key: str, chunks: list[_Chunk], outcome: object) -> BaseExcepti
         return RunClosedError(f"run stream {key!r} was completed by another writer at seq {top}")
     if status == b"wrongtype":
         return SSERedisError(f"{key!r} holds a value that is not a stream")
-    expected = chunks[0].seq - 1
+    expected = chunks[0].seq - 1 if after is None else after
     if top == 0:
         return StaleWriterError(f"run stream {key!r} vanished (expired or deleted) after seq {expected}")
     return StaleWriterError(
