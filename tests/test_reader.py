@@ -258,11 +258,13 @@ def test_reads_completed_stream_once_in_order(backend, redis_url, open_reader, c
         (dict(last_event_id=""), 1),
         (dict(starting_after=29), 30),
         (dict(starting_after=30), 31),  # the last seq: nothing
-        (dict(starting_after=31), 31),  # past the end: nothing
-        (dict(starting_after=10_000), 31),
-        (dict(starting_after=2**63 - 1), 31),
-        (dict(last_event_id="9223372036854775807"), 31),
         (dict(last_event_id="30"), 31),
+        # Past the end: no reader of this stream can hold such a cursor, so
+        # the stream it read was lost (this one was written again): not found.
+        (dict(starting_after=31), 32),
+        (dict(starting_after=10_000), 32),
+        (dict(starting_after=2**63 - 1), 32),
+        (dict(last_event_id="9223372036854775807"), 32),
     ],
     ids=lambda p: ",".join(f"{k}={v!r}" for k, v in p.items()) or "none" if isinstance(p, dict) else str(p),
 )
@@ -270,7 +272,10 @@ def test_cursor(backend, redis_url, open_reader, codec_mod, cursor, first):
     run = new_run()
     write_run(redis_url, backend, run, 29)  # seqs 1..29, [DONE] is 30
     reader = open_reader(redis_url)
-    if first > 30:  # at or past the end of a finished run: over at once, nothing yielded
+    if first > 31:
+        with pytest.raises(StreamNotFound, match="written again"):
+            collect(reader.read(run, **cursor), timeout=AT_ONCE)
+    elif first > 30:  # at the end of a finished run: over at once, nothing yielded
         assert collect(reader.read(run, **cursor), timeout=AT_ONCE) == []
     else:
         check_run(codec_mod, collect(reader.read(run, **cursor)), run, first - 1, 30)
@@ -730,7 +735,8 @@ def test_reference_stream(backend, redis_url, open_reader, client, codec_mod):
     check_run(codec_mod, collect(reader.read(run, starting_after=25)), run, 25, 41)
     check_run(codec_mod, collect(reader.read(run, last_event_id="40")), run, 40, 41)
     assert collect(reader.read(run, starting_after=41), timeout=AT_ONCE) == []
-    assert collect(reader.read(run, starting_after=99), timeout=AT_ONCE) == []
+    with pytest.raises(StreamNotFound):  # past its end: not the stream the cursor came from
+        collect(reader.read(run, starting_after=99), timeout=AT_ONCE)
 
 
 def test_reference_stream_live(backend, redis_url, open_reader, client, codec_mod):

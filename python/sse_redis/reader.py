@@ -76,14 +76,19 @@ class _Follow:
         """SSE chunks for newly queued entries; raises when the read must end badly."""
         out = []
         now = time.monotonic()
-        for _entry_id, seq, data, complete in entries:
+        for _entry_id, seq, data, complete, broken in entries:
             self.last_entry = now
             if seq <= self.cursor:
-                if complete:  # the run ended at or before the cursor
+                if complete and seq < self.cursor:
+                    raise StreamNotFound(
+                        f"run {self.run_id!r}: its stream ends at seq {seq}, before the cursor "
+                        f"{self.cursor}: it was lost (expired, evicted or deleted) and written again"
+                    )
+                if complete:  # the run ended at the cursor
                     self.finished = True
                     break
                 continue
-            if seq > self.cursor + 1:
+            if seq > self.cursor + 1 and not broken:
                 raise StreamTrimmed(
                     f"run {self.run_id!r}: chunks {self.cursor + 1}..{seq - 1} were trimmed "
                     "from the stream (MAXLEN) before they were read"
@@ -106,7 +111,10 @@ class _Follow:
         elif state == "down":
             raise RedisUnavailable(f"run {self.run_id!r}: Redis unreachable for {self.retry_timeout}s")
         elif state == "gone":
-            raise StreamNotFound(f"run {self.run_id!r}: its stream expired or was deleted while being read")
+            raise StreamNotFound(
+                f"run {self.run_id!r}: its stream expired or was deleted while being read "
+                "(or holds nothing up to the cursor: it was lost and written again)"
+            )
         elif state == "missing" and now >= self.missing_deadline:
             raise StreamNotFound(f"run {self.run_id!r}: no stream appeared within the missing timeout")
         elif state == "ok" and now - self.last_entry >= self.idle_timeout:

@@ -57,6 +57,9 @@ pub struct HubEntry {
     pub seq: u64,
     pub data: String,
     pub complete: bool,
+    /// The error terminal of a run its writer broke off: the seqs before it
+    /// may be missing (never stored), which is not a trim.
+    pub broken: bool,
 }
 
 fn parse_id(id: &str) -> (u64, u64) {
@@ -71,6 +74,7 @@ fn hub_entry(e: &Entry) -> Arc<HubEntry> {
         seq: e.seq(),
         data: e.field("data").unwrap_or("").to_owned(),
         complete: e.is_complete(),
+        broken: e.field("broken") == Some("true"),
     })
 }
 
@@ -513,8 +517,15 @@ fn catch_up(inner: &Arc<Inner>, con: &mut Link, sid: u64) -> Result<(), RedisErr
             sub.status = Status::Missing;
             signal(&mut state, sid);
         }
-        Some(Some(top)) if top.complete && top.order <= sub.last => {
-            sub.status = Status::Done; // complete, and the cursor is at or past its end
+        Some(Some(top)) if top.order < sub.last => {
+            // The cursor is past everything the stream holds: not the stream
+            // the reader read (it was lost, then written again).
+            sub.status = Status::Gone;
+            signal(&mut state, sid);
+            return Ok(());
+        }
+        Some(Some(top)) if top.complete => {
+            sub.status = Status::Done; // complete, and the cursor is at its end
             signal(&mut state, sid);
             return Ok(());
         }

@@ -28,7 +28,7 @@ pub struct ReaderHub {
 fn polled<'py>(py: Python<'py>, (entries, status): Polled) -> PyResult<Bound<'py, PyTuple>> {
     let items = entries
         .iter()
-        .map(|e: &Arc<HubEntry>| (e.id.as_str(), e.seq, e.data.as_str(), e.complete).into_pyobject(py))
+        .map(|e: &Arc<HubEntry>| (e.id.as_str(), e.seq, e.data.as_str(), e.complete, e.broken).into_pyobject(py))
         .collect::<PyResult<Vec<_>>>()?;
     (PyList::new(py, items)?, status.name()).into_pyobject(py)
 }

@@ -47,14 +47,16 @@ def parse_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def to_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, int, str, bool]:
-    """``(id, seq_id, data, complete)`` of a raw stream entry."""
+def to_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, int, str, bool, bool]:
+    """``(id, seq_id, data, complete, broken)`` of a raw stream entry (broken:
+    the error terminal of a run its writer broke off, after seqs that may be
+    missing because they were never stored)."""
     try:
         seq = int(fields.get(b"seq_id", b"0"))
     except ValueError:
         seq = 0
     data = fields.get(b"data", b"").decode("utf-8", "replace")
-    return entry_id.decode(), seq, data, fields.get(b"complete") == b"true"
+    return entry_id.decode(), seq, data, fields.get(b"complete") == b"true", fields.get(b"broken") == b"true"
 
 
 class _Sub:
@@ -366,8 +368,14 @@ class ReaderHub:
                 if top is None:
                     sub.status = MISSING
                     self._signal(sub)
-                elif top[3] and top[1] <= sub.last[1] and parse_id(top[0]) <= sub.last:
-                    sub.status = DONE  # complete, and the cursor is at or past its end
+                elif parse_id(top[0]) < sub.last:
+                    # The cursor is past everything the stream holds: not the
+                    # stream the reader read (it was lost, then written again).
+                    sub.status = GONE
+                    self._signal(sub)
+                    return
+                elif top[3]:
+                    sub.status = DONE  # complete, and the cursor is at its end
                     self._signal(sub)
                     return
             entries = [to_entry(i, f) for i, f in raw]
