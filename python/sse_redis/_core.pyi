@@ -91,8 +91,9 @@ def set_event_id(chunk: str, event_id: str) -> str:
 
 # -- engines: I/O on background threads, GIL released while waiting ------------
 
-Entry = tuple[str, int, str, bool]
-"""``(stream entry id, seq_id, data, complete)``."""
+Entry = tuple[str, int, str, bool, bool]
+"""``(stream entry id, seq_id, data, complete, broken)``; broken: the error
+terminal of a run its writer broke off, after seqs that may be missing."""
 
 @final
 class WriterEngine:
@@ -114,12 +115,21 @@ class WriterEngine:
         wait_timeout: float = 1.0,
         cluster: bool = False,
     ) -> None: ...
-    def open(self, key: str) -> None:
-        """Learn the run's stored top seq (raises ``RunClosedError`` if complete)."""
+    def open(self, key: str, timeout: float | None = None) -> None:
+        """Have the sender learn the run's stored top seq (``RunClosedError`` if
+        complete), waiting at most ``timeout`` (``WriteTimeout``)."""
     def write(self, key: str, data: str, complete: bool, timeout: float | None = None) -> int:
-        """Queue one chunk; its seq id. Waits for room up to ``timeout`` (``WriteTimeout``)."""
-    def try_write(self, key: str, data: str, complete: bool) -> int | None:
-        """``write`` that never waits: ``None`` when the run is not open or the buffer is full."""
+        """Queue one chunk; its seq id. Waits for the run to open and for room,
+        up to ``timeout`` in all (``WriteTimeout``). A broken run raises its error."""
+    def fail(self, key: str, data: str, timeout: float | None = None) -> int:
+        """Queue the run's error terminal, which may end a broken run too."""
+    def try_write(self, key: str, data: str, complete: bool, error: bool = False) -> int | None:
+        """``write`` (``fail`` with ``error``) that never waits: ``None`` when it would have to."""
+    def wait_writable(self, key: str, timeout: float | None = None) -> None:
+        """Wait until a write to ``key`` would not wait; queues nothing."""
+    def superseded(self, key: str, seq: int) -> bool:
+        """Whether the terminal queued as ``seq`` found the run already completed
+        by another writer; answered once."""
     def flush(self, timeout: float | None = None, key: str | None = None) -> None: ...
     def last_seq(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...

@@ -163,7 +163,7 @@ class StreamWriter:
         except RunClosedError:
             seq = None  # already complete; still wait for a terminal of ours in flight
         engine.flush(self._write_timeout, key)
-        return seq
+        return None if seq is not None and engine.superseded(key, seq) else seq
 
     def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
         """Return once everything written so far (to ``run_id``, or to any run)
@@ -253,8 +253,9 @@ class AsyncStreamWriter:
             seq: int | None = await self._queue(key, chunk, True, error=error)
         except RunClosedError:
             seq = None  # already complete; still wait for a terminal of ours in flight
-        await asyncio.to_thread(self.sync.engine.flush, self.sync._write_timeout, key)
-        return seq
+        engine = self.sync.engine
+        await asyncio.to_thread(engine.flush, self.sync._write_timeout, key)
+        return None if seq is not None and engine.superseded(key, seq) else seq
 
     async def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
         await asyncio.to_thread(self.sync.flush, timeout, run_id=run_id)

@@ -33,6 +33,7 @@ const MAX_CALL_CHUNKS: usize = 512;
 /// be refused, and the server then drops the connection: such a chunk goes in
 /// a pipeline of its own, so a refusal fails its run only.
 const LARGE_CHUNK_BYTES: usize = 1 << 20;
+const MAX_SUPERSEDED: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub enum WriteError {
@@ -135,6 +136,9 @@ struct State {
     closed: bool,
     stats: Stats,
     next_gen: u64,
+    /// Terminals that found their run completed by another writer, so
+    /// `complete` can say it was a no-op (the latest few only: bounded).
+    superseded: VecDeque<(String, u64)>,
 }
 
 impl State {
@@ -434,6 +438,16 @@ impl Engine {
                 Some((_, gen, _)) if state.run(k, *gen).is_some_and(|r| r.error.is_some()) => Err(state.report(k)),
                 _ => Ok(()),
             },
+        }
+    }
+
+    /// Whether the terminal queued as `seq` found the run already completed
+    /// by another writer (so it stored nothing); answered once.
+    pub fn superseded(&self, key: &str, seq: u64) -> bool {
+        let mut state = self.shared.lock();
+        match state.superseded.iter().position(|(k, s)| k == key && *s == seq) {
+            Some(i) => state.superseded.remove(i).is_some(),
+            None => false,
         }
     }
 
@@ -893,7 +907,14 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
                 state.stats.chunks += batch.chunks.len() as u64;
                 last.complete
             }
-            Outcome::AlreadyComplete => true, // a second terminal: a no-op, not an error
+            Outcome::AlreadyComplete => {
+                // A second terminal: a no-op, not an error.
+                if state.superseded.len() == MAX_SUPERSEDED {
+                    state.superseded.pop_front();
+                }
+                state.superseded.push_back((key.clone(), batch.chunks[0].seq));
+                true
+            }
             Outcome::Failed(error) => {
                 // The run is broken: what is queued is dropped, and its seq
                 // ids are never handed out again (next_seq stays).

@@ -113,6 +113,11 @@ impl WriterEngine {
         Ok(py.detach(|| self.inner.flush(timeout, key))?)
     }
 
+    /// Whether the terminal queued as `seq` found the run already complete.
+    fn superseded(&self, key: &str, seq: u64) -> bool {
+        self.inner.superseded(key, seq)
+    }
+
     fn last_seq(&self, py: Python<'_>, key: &str) -> PyResult<u64> {
         Ok(py.detach(|| self.inner.last_seq(key))?)
     }

@@ -160,6 +160,9 @@ class WriterEngine:
         self._runs: dict[str, _Run] = {}
         self._ready: deque[_Run] = deque()
         self._opening: dict[str, _Opening] = {}
+        # Terminals that found their run completed by another writer, so
+        # ``complete`` can say it was a no-op (the latest few only: bounded).
+        self._superseded: deque[tuple[str, int]] = deque(maxlen=1024)
         self._to_open: list[str] = []
         self._pending = 0  # queued or in flight, across all runs
         self._failed: list[_Run] = []  # runs whose error no one has seen yet
@@ -323,6 +326,16 @@ class WriterEngine:
     def _raise_closed(self) -> None:
         if self._closed:
             raise SSERedisError("the writer is closed")
+
+    def superseded(self, key: str, seq: int) -> bool:
+        """Whether the terminal queued as ``seq`` found the run already
+        completed by another writer (so it stored nothing); answered once."""
+        with self._cv:
+            try:
+                self._superseded.remove((key, seq))
+            except ValueError:
+                return False
+            return True
 
     def last_seq(self, key: str) -> int:
         return self._control(lambda client: read_top(client, key))[0]
@@ -564,6 +577,8 @@ class WriterEngine:
                     self._stats["chunks"] += len(chunks)
                     run.stored = chunks[-1].seq
                     run.trusted_on = self._stored_on or None
+                if error is not None:
+                    self._superseded.append((run.key, chunks[0].seq))
                 if error is not None or chunks[-1].complete:
                     del self._runs[run.key]  # bounded memory: a finished run leaves nothing
                     if run in self._failed:
