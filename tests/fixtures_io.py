@@ -28,6 +28,7 @@ from servers import (  # noqa: F401 (re-exported)
     valkey_server,
 )
 
+from fault_proxy import FaultProxy
 from sse_redis import AsyncStreamWriter, StreamReader, StreamWriter
 from sse_redis._embedded import RedisProcess, valkey_binary
 
@@ -48,6 +49,7 @@ __all__ = [
     "open_reader",
     "run_id",
     "plain_client",
+    "fault_proxy",
 ]
 
 IO_BACKENDS = ["rust", "python"]
@@ -178,3 +180,19 @@ def open_reader(backend: str) -> Iterator[Callable[..., StreamReader]]:
     yield make
     for reader in readers:
         reader.close()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[RedisProcess], FaultProxy]]:
+    """``fault_proxy(server)``: a ``FaultProxy`` to that server (``.url`` reaches
+    it) that the test can freeze, blackhole, delay or cut; closed afterwards."""
+    proxies: list[FaultProxy] = []
+
+    def make(server: RedisProcess) -> FaultProxy:
+        proxy = FaultProxy("127.0.0.1", server.port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
