@@ -15,6 +15,7 @@ import time
 from typing import Any, AsyncIterator, Iterator
 
 from . import _backend, _fork, keys as _keys
+from ._options import NO_LIMIT, ReaderOptions, seconds
 from .connection import redact, resolve_target
 from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
 
@@ -137,7 +138,7 @@ class _Follow:
             left = self.last_entry + self.idle_timeout - now
         if self.ping_interval is not None:
             left = min(left, self.last_sent + self.ping_interval - now)
-        return max(left, 0.0)
+        return min(max(left, 0.0), NO_LIMIT)  # "no limit" still waits a finite time
 
 
 class StreamReader:
@@ -166,30 +167,24 @@ class StreamReader:
         cluster: bool | None = None,
         backend: str | None = None,
     ) -> None:
-        for name, value in (("batch_size", batch_size), ("queue_size", queue_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
-        for name, value in (("idle_timeout", idle_timeout), ("missing_timeout", missing_timeout),
-                            ("check_interval", check_interval), ("retry_timeout", retry_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, not {value!r}")
-        if ping_interval is not None and (not isinstance(ping_interval, (int, float)) or ping_interval <= 0):
-            raise ValueError(f"ping_interval must be a positive number or None, not {ping_interval!r}")
+        self.options = ReaderOptions.checked(
+            batch_size=batch_size,
+            queue_size=queue_size,
+            idle_timeout=idle_timeout,
+            missing_timeout=missing_timeout,
+            ping_interval=ping_interval,
+            check_interval=check_interval,
+            retry_timeout=retry_timeout,
+        )
         self._url, self.cluster = resolve_target(redis, cluster)
         self._key = _keys.resolve(keys, cluster=self.cluster)
         self._module = _backend.module(backend)
         self.backend = backend or _backend.BACKEND
-        self.idle_timeout = float(idle_timeout)
-        self.missing_timeout = float(missing_timeout)
-        self.ping_interval = ping_interval
-        self.retry_timeout = float(retry_timeout)
-        self._hub_options = dict(
-            queue_size=max(queue_size, batch_size),
-            batch_size=batch_size,
-            check_interval=float(check_interval),
-            retry_timeout=float(retry_timeout),
-            cluster=self.cluster,
-        )
+        self.idle_timeout = self.options.idle_timeout
+        self.missing_timeout = self.options.missing_timeout
+        self.ping_interval = self.options.ping_interval
+        self.retry_timeout = self.options.retry_timeout
+        self._hub_options = self.options.hub(self.cluster)
         self._hub = _fork.PerProcess(lambda: self._module.ReaderHub(self._url, **self._hub_options))
         self._closed = False
 
@@ -230,9 +225,10 @@ class StreamReader:
         idle_timeout: float | None,
         missing_timeout: float | None,
     ) -> _Follow:
-        for name, value in (("idle_timeout", idle_timeout), ("missing_timeout", missing_timeout)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        if idle_timeout is not None:
+            idle_timeout = seconds("idle_timeout", idle_timeout, unlimited=True)
+        if missing_timeout is not None:
+            missing_timeout = seconds("missing_timeout", missing_timeout, unlimited=True)
         cursor = cursor_of(starting_after, last_event_id)
         return _Follow(self, run_id, cursor, stamp_ids=stamp_ids, idle_timeout=idle_timeout,
                        missing_timeout=missing_timeout)

@@ -16,6 +16,7 @@ import weakref
 from typing import Any
 
 from . import _backend, _fork, keys as _keys
+from ._options import WriterOptions, seconds, wait_seconds
 from .connection import redact, resolve_target
 from .errors import RunClosedError, SSERedisError, WriteTimeout
 
@@ -76,33 +77,25 @@ class StreamWriter:
         wait_timeout: float = 1.0,
         backend: str | None = None,
     ) -> None:
-        _positive("flush_size", flush_size, int)
-        _positive("flush_interval", flush_interval, (int, float))
-        _positive("max_pending", max_pending, int)
-        _positive("retry_timeout", retry_timeout, (int, float))
-        for name, value in (("ttl", ttl), ("max_len", max_len)):
-            if value is not None:
-                _positive(name, value, int)
-        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
-            raise ValueError(f"wait_replicas must be an int >= 0, not {wait_replicas!r}")
-        _positive("wait_timeout", wait_timeout, (int, float))
-        self._url, self.cluster = resolve_target(redis, cluster)
-        self._key = _keys.resolve(keys, cluster=self.cluster)
-        self._module = _backend.module(backend)
-        self.backend = backend or _backend.BACKEND
-        self.flush_interval = flush_interval
-        self._write_timeout = write_timeout
-        self._options = dict(
+        self.options = WriterOptions.checked(
+            flush_interval=flush_interval,
             flush_size=flush_size,
             ttl=ttl,
             max_len=max_len,
             max_pending=max_pending,
-            retry_timeout=float(retry_timeout),
-            connect_timeout=float(connect_timeout),
+            write_timeout=write_timeout,
+            retry_timeout=retry_timeout,
+            connect_timeout=connect_timeout,
             wait_replicas=wait_replicas,
-            wait_timeout=float(wait_timeout),
-            cluster=self.cluster,
+            wait_timeout=wait_timeout,
         )
+        self._url, self.cluster = resolve_target(redis, cluster)
+        self._key = _keys.resolve(keys, cluster=self.cluster)
+        self._module = _backend.module(backend)
+        self.backend = backend or _backend.BACKEND
+        self.flush_interval = self.options.flush_interval
+        self._write_timeout = self.options.write_timeout
+        self._options = self.options.engine(self.cluster)
         self._engine = _fork.PerProcess(lambda: self._module.WriterEngine(self._url, **self._options))
         self._closed = False
         _open_writers.add(self)
@@ -169,7 +162,13 @@ class StreamWriter:
         """Return once everything written so far (to ``run_id``, or to any run)
         is stored; raises a failed batch's error, each error once."""
         key = None if run_id is None else self._key(run_id)
-        self.engine.flush(timeout if timeout is not None else self._write_timeout, key)
+        self.engine.flush(self._timeout(timeout), key)
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        """A call's own timeout (checked like ``write_timeout``), else ``write_timeout``."""
+        if timeout is None:
+            return self._write_timeout
+        return wait_seconds(seconds("timeout", timeout, unlimited=True))
 
     def last_seq(self, run_id: str) -> int:
         """The last seq id stored for the run (0 when there is none)."""
@@ -187,11 +186,12 @@ class StreamWriter:
         """Flush and stop the engine; idempotent."""
         if self._closed:
             return
+        timeout = self._timeout(timeout)
         self._closed = True
         _open_writers.discard(self)
         engine = self._engine.take()
         if engine is not None:
-            engine.close(timeout if timeout is not None else self._write_timeout)
+            engine.close(timeout)
 
     def __enter__(self) -> "StreamWriter":
         return self
@@ -277,11 +277,6 @@ class AsyncStreamWriter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _positive(name: str, value: object, kind: type | tuple[type, ...]) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:  # type: ignore[operator]
-        raise ValueError(f"{name} must be a positive number, not {value!r}")
 
 
 # Writers still open at interpreter exit are flushed, so no queued chunk is lost.

@@ -2,6 +2,8 @@
 //! as the pure-Python twin, in its order: each argument's type (and a `str`'s
 //! UTF-8) in argument order first, then the values.
 
+use std::time::Duration;
+
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString};
@@ -54,4 +56,24 @@ pub fn field_arg(value: &str, name: &str) -> PyResult<()> {
         return Err(PyValueError::new_err(format!("{name} must not contain CR, LF or NUL")));
     }
     Ok(())
+}
+
+/// What "no limit" (`inf`) becomes: about 31 years, which every deadline can
+/// still be added to (`Instant + Duration::MAX` would panic). The faces send
+/// the same (`sse_redis._options.NO_LIMIT`).
+const NO_LIMIT_SECS: f64 = 1e9;
+
+/// Seconds as a `Duration`: `ValueError` for NaN or a negative value; `inf`
+/// and anything past `NO_LIMIT_SECS` are held there. The one conversion of
+/// every duration the bindings take.
+pub fn seconds(value: f64, name: &str) -> PyResult<Duration> {
+    if value.is_nan() || value < 0.0 {
+        return Err(PyValueError::new_err(format!("{name} must be a number of seconds >= 0, not {value}")));
+    }
+    Ok(Duration::from_secs_f64(value.min(NO_LIMIT_SECS)))
+}
+
+/// `seconds`, or `None` (no limit).
+pub fn opt_seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
+    value.map(|v| seconds(v, name)).transpose()
 }

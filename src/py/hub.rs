@@ -1,12 +1,11 @@
 //! `ReaderHub`: the Python face of `crate::io::hub`, GIL released while waiting.
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
+use super::args::{opt_seconds, seconds};
 use super::errors::SSERedisError;
 use crate::io::hub::{Hub, HubEntry, HubError, Options, Polled};
 
@@ -51,18 +50,15 @@ impl ReaderHub {
         socket_timeout: f64,
         cluster: bool,
     ) -> PyResult<Self> {
-        let secs = |v: f64, name: &str| {
-            Duration::try_from_secs_f64(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0")))
-        };
         let opts = Options {
             queue_size,
             batch_size,
             block_ms,
-            check_interval: secs(check_interval, "check_interval")?,
+            check_interval: seconds(check_interval, "check_interval")?,
             cluster,
-            retry_timeout: secs(retry_timeout, "retry_timeout")?,
-            connect_timeout: secs(connect_timeout, "connect_timeout")?,
-            socket_timeout: secs(socket_timeout, "socket_timeout")?,
+            retry_timeout: seconds(retry_timeout, "retry_timeout")?,
+            connect_timeout: seconds(connect_timeout, "connect_timeout")?,
+            socket_timeout: seconds(socket_timeout, "socket_timeout")?,
         };
         if queue_size == 0 || batch_size == 0 {
             return Err(PyValueError::new_err("queue_size and batch_size must be positive"));
@@ -86,7 +82,7 @@ impl ReaderHub {
 
     #[pyo3(signature = (sid, timeout = None))]
     fn wait<'py>(&self, py: Python<'py>, sid: u64, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
-        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        let timeout = opt_seconds(timeout, "timeout")?;
         let got = py.detach(|| self.inner.wait(sid, timeout))?;
         polled(py, got)
     }

@@ -1,24 +1,16 @@
 //! `WriterEngine`: the Python face of `crate::io::writer`, GIL released
 //! around anything that may wait on Redis.
 
-use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::args::{opt_seconds, seconds};
 use crate::io::writer::{Engine, Kind, Options};
 
 fn kind(complete: bool) -> Kind {
     if complete { Kind::Terminal } else { Kind::Chunk }
-}
-
-fn seconds(value: f64, name: &str) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, not {value}")))
-}
-
-fn opt_seconds(value: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
-    value.map(|v| seconds(v, name)).transpose()
 }
 
 #[pyclass(frozen, module = "sse_redis._core")]

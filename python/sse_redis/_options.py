@@ -1,0 +1,166 @@
+"""Every option of the faces, checked once, with one rule and one message per
+kind of value, whatever the backend; the engines trust what comes out.
+
+Durations are seconds (``int`` or ``float``, never ``bool``).  NaN and
+negative values are refused everywhere.  ``math.inf`` means "no limit" where a
+limit may be lifted (waiting to write, retrying, waiting for a stream or its
+next chunk) and is refused where a finite period is needed (connecting,
+``WAIT``, periodic checks, pings).  Every refusal is a ``ValueError`` naming
+the option.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# What "no limit" becomes for an engine: about 31 years, which every deadline
+# can still be added to (a Rust Instant cannot hold infinity).
+NO_LIMIT = 1e9
+
+
+def seconds(name: str, value: Any, *, zero: bool = True, unlimited: bool = False) -> float:
+    """``value`` as float seconds; ``zero``: 0 is allowed; ``unlimited``:
+    ``inf`` is allowed and means no limit."""
+    return _seconds(name, value, zero, unlimited, "")
+
+
+def optional_seconds(name: str, value: Any, *, zero: bool = True, unlimited: bool = False) -> float | None:
+    """``seconds``, or ``None``."""
+    return None if value is None else _seconds(name, value, zero, unlimited, " or None")
+
+
+def _seconds(name: str, value: Any, zero: bool, unlimited: bool, alternative: str) -> float:
+    rule = (">= 0" if zero else "> 0") + (" (inf: no limit)" if unlimited else "") + alternative
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds {rule}, not {value!r}")
+    value = float(value)
+    if math.isnan(value) or value < 0 or (value == 0 and not zero) or (math.isinf(value) and not unlimited):
+        raise ValueError(f"{name} must be a number of seconds {rule}, not {value!r}")
+    return value
+
+
+def count(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum``."""
+    return _count(name, value, minimum, "")
+
+
+def optional_count(name: str, value: Any, *, minimum: int = 1) -> int | None:
+    """``count``, or ``None``."""
+    return None if value is None else _count(name, value, minimum, " or None")
+
+
+def _count(name: str, value: Any, minimum: int, alternative: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{alternative}, not {value!r}")
+    return value
+
+
+def engine_seconds(value: float) -> float:
+    """A checked duration as an engine takes it: no limit held at ``NO_LIMIT``."""
+    return min(value, NO_LIMIT)
+
+
+def wait_seconds(value: float | None) -> float | None:
+    """A per-call timeout as an engine takes it (``None``: no limit)."""
+    return None if value is None or value >= NO_LIMIT else value
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    flush_interval: float
+    flush_size: int
+    ttl: int | None
+    max_len: int | None
+    max_pending: int
+    write_timeout: float | None  # None: no limit
+    retry_timeout: float
+    connect_timeout: float
+    wait_replicas: int
+    wait_timeout: float
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        flush_interval: Any,
+        flush_size: Any,
+        ttl: Any,
+        max_len: Any,
+        max_pending: Any,
+        write_timeout: Any,
+        retry_timeout: Any,
+        connect_timeout: Any,
+        wait_replicas: Any,
+        wait_timeout: Any,
+    ) -> "WriterOptions":
+        return cls(
+            flush_interval=seconds("flush_interval", flush_interval, zero=False),
+            flush_size=count("flush_size", flush_size),
+            ttl=optional_count("ttl", ttl),
+            max_len=optional_count("max_len", max_len),
+            max_pending=count("max_pending", max_pending),
+            write_timeout=wait_seconds(optional_seconds("write_timeout", write_timeout, unlimited=True)),
+            retry_timeout=seconds("retry_timeout", retry_timeout, zero=False, unlimited=True),
+            connect_timeout=seconds("connect_timeout", connect_timeout, zero=False),
+            wait_replicas=count("wait_replicas", wait_replicas, minimum=0),
+            wait_timeout=seconds("wait_timeout", wait_timeout, zero=False),
+        )
+
+    def engine(self, cluster: bool) -> dict[str, Any]:
+        """The engine's keyword arguments."""
+        return dict(
+            flush_size=self.flush_size,
+            ttl=self.ttl,
+            max_len=self.max_len,
+            max_pending=self.max_pending,
+            retry_timeout=engine_seconds(self.retry_timeout),
+            connect_timeout=self.connect_timeout,
+            wait_replicas=self.wait_replicas,
+            wait_timeout=self.wait_timeout,
+            cluster=cluster,
+        )
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    batch_size: int
+    queue_size: int
+    idle_timeout: float
+    missing_timeout: float
+    ping_interval: float | None
+    check_interval: float
+    retry_timeout: float
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        batch_size: Any,
+        queue_size: Any,
+        idle_timeout: Any,
+        missing_timeout: Any,
+        ping_interval: Any,
+        check_interval: Any,
+        retry_timeout: Any,
+    ) -> "ReaderOptions":
+        return cls(
+            batch_size=count("batch_size", batch_size),
+            queue_size=count("queue_size", queue_size),
+            idle_timeout=seconds("idle_timeout", idle_timeout, unlimited=True),
+            missing_timeout=seconds("missing_timeout", missing_timeout, unlimited=True),
+            ping_interval=optional_seconds("ping_interval", ping_interval, zero=False),
+            check_interval=seconds("check_interval", check_interval, zero=False),
+            retry_timeout=seconds("retry_timeout", retry_timeout, unlimited=True),
+        )
+
+    def hub(self, cluster: bool) -> dict[str, Any]:
+        """The hub's keyword arguments."""
+        return dict(
+            queue_size=max(self.queue_size, self.batch_size),
+            batch_size=self.batch_size,
+            check_interval=self.check_interval,
+            retry_timeout=engine_seconds(self.retry_timeout),
+            cluster=cluster,
+        )
