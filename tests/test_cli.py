@@ -6,7 +6,10 @@ is enough.  Errors must be one line on stderr (a traceback only with
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -273,3 +276,75 @@ def test_bench_quick_prints_a_table_and_plots(redis_url, tmp_path):
     measures = {line.split("|")[1].strip() for line in lines[2:] if line.startswith("|")}
     assert {"writer, 100 runs round robin (chunks/s)", "reader connections"} <= measures
     assert plot.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------- serve: no server left behind
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(p) for p in f.read().split()]
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_serve_never_leaves_its_embedded_server_running(signum):
+    """However ``sse-redis serve`` ends, its embedded valkey-server ends with
+    it: SIGINT and SIGTERM through its cleanup (data directory removed too),
+    SIGKILL through the kernel's parent-death signal."""
+    pytest.importorskip("uvicorn")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sse_redis", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the embedded server is up
+        assert "example app" in line, line + proc.stderr.read()
+        deadline = time.monotonic() + 30
+        while not [c for c in children(proc.pid) if "valkey" in open(f"/proc/{c}/cmdline").read()]:
+            assert time.monotonic() < deadline, "no valkey-server child"
+            time.sleep(0.05)
+        server = next(c for c in children(proc.pid) if "valkey" in open(f"/proc/{c}/cmdline").read())
+        data_dir = os.readlink(f"/proc/{server}/cwd")  # valkey works in its --dir
+        assert "sse-redis-server-" in data_dir, data_dir
+        while not _listening(port):
+            assert time.monotonic() < deadline and proc.poll() is None, "the app never listened"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while alive(server):
+            assert time.monotonic() < deadline, f"valkey-server {server} outlived sse-redis serve ({signum.name})"
+            time.sleep(0.05)
+        if signum != signal.SIGKILL:
+            assert not os.path.exists(data_dir), "the embedded server's data directory was left behind"
+            assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False

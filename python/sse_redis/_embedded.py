@@ -4,14 +4,33 @@ suite's Valkey and Debian ``redis-server`` instances."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
+import sys
 import ssl
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the server's process before exec: Linux sends it SIGTERM when
+    the process that started it ends, however it ends (SIGKILL included), so
+    no embedded server outlives its owner. (Strictly, when the starting
+    *thread* ends: start servers from a thread that lives as long as they do.)"""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: the owner's cleanup alone stops it
+    if os.getppid() != parent:  # the owner died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class ServerError(RuntimeError):
@@ -88,7 +107,11 @@ class RedisProcess:
             "--logfile", os.path.join(self.dir, "server.log"),
             *self.extra_args,
         ]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        tie = None
+        if sys.platform.startswith("linux"):
+            parent = os.getpid()
+            tie = lambda: _die_with_parent(parent)  # noqa: E731
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=tie)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from typing import Iterator, Sequence
 
@@ -35,9 +36,31 @@ def redis_for(url: str | None) -> Iterator[str]:
     except ServerError as exc:
         raise CommandError(f"{exc} (or pass --redis-url)") from exc
     try:
-        yield server.url
+        with _sigterm_exits():
+            yield server.url
     finally:
         server.close()
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM ends the command like Ctrl-C does, through its cleanup (the
+    default action kills at once; uvicorn re-raises the SIGTERM it caught once
+    it has shut down). The embedded server also dies with this process on
+    Linux whatever ends it (see ``_embedded``); this removes its data too."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, leave)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
