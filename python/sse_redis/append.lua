@@ -10,6 +10,10 @@
 --          of the chunks that were refused (their seq ids are never reused),
 --          or starts the stream again when it vanished, so its readers learn
 --          the run failed whatever their cursor.
+--          Mode 'o': checked, and the seq before it is one this writer handed out
+--          (not the top it found when it opened the run): the top entry must
+--          also be this writer's own, or another writer took that seq, even
+--          when this writer's batch of it is refused in the same call.
 --          Mode '1', trusted: this writer stored the seq before it, on the connection
 --          sending this, so only another writer can have moved the stream on,
 --          and XADD itself refuses an ID at or below the stream's top: the
@@ -89,10 +93,11 @@ for b = 1, #KEYS do
   local mode = ARGV[at + 2]
   local after_break = string.sub(mode, 1, 1) == 'a' and tonumber(string.sub(mode, 2)) or nil
   local trusted = mode == '1' or (after_break == nil and tops[key] == first - 1)
+  local own = trusted or mode == 'o' -- the seq before it is this writer's
   local chunks_at = at + 3
   at = chunks_at + 3 * count
   local last = first + count - 1
-  local status, top_seq, explicit_ids = nil, 0, true
+  local status, top_seq, explicit_ids, top_writer = nil, 0, true, nil
   if trusted and ARGV[chunks_at + 2] ~= '1' then -- (a lone terminal takes the checked path)
     local stored = append_first(key, first, ARGV[chunks_at], ARGV[chunks_at + 1])
     if type(stored) == 'string' then
@@ -113,6 +118,7 @@ for b = 1, #KEYS do
     local entry = newest[1]
     local fields = fields_of(entry)
     top_seq = tonumber(fields['seq_id']) or 0
+    top_writer = fields['writer']
     -- Streams the reference wrote use time-based IDs: keep their style.
     explicit_ids = string.sub(entry[1], 1, 2) == '0-'
     if fields['writer'] == writer and top_seq >= last
@@ -128,7 +134,7 @@ for b = 1, #KEYS do
   if status == nil then
     if after_break ~= nil then
       if top_seq ~= after_break and newest[1] then status = 'stale' end
-    elseif top_seq ~= first - 1 then
+    elseif top_seq ~= first - 1 or (own and top_writer ~= writer) then
       status = 'stale'
     end
   end

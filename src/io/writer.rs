@@ -82,6 +82,9 @@ struct Run {
     queue: VecDeque<Chunk>,
     next_seq: u64,
     stored: u64,
+    /// The top found when the run was opened: a seq above it is one this
+    /// writer handed out, and a batch after it must follow its own entry.
+    opened: u64,
     closing: bool,
     /// Set when a batch failed: the run is broken for this writer for good.
     error: Option<WriteError>,
@@ -166,6 +169,9 @@ struct Batch {
     gen: u64,
     chunks: Vec<Chunk>,
     trusted_on: Option<u64>,
+    /// The seq before the batch is one this writer handed out: the stream's
+    /// top must be its own entry (mode 'o' of `append.lua`).
+    own: bool,
     /// The error terminal of a broken run: stored after this seq (what the
     /// writer last stored), across the refused chunks' gap.
     after_break: Option<u64>,
@@ -734,6 +740,7 @@ impl Sender {
                 let mode = match batch.after_break {
                     Some(after) => format!("a{after}"),
                     None if trusted => "1".to_owned(),
+                    None if batch.own => "o".to_owned(),
                     None => String::new(),
                 };
                 cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(mode);
@@ -838,9 +845,10 @@ fn take_batches(state: &mut State, flush_size: usize) -> Vec<Batch> {
         }
         if take > 0 {
             run.in_flight += take;
-            let chunks = run.queue.drain(..take).collect();
+            let chunks: Vec<Chunk> = run.queue.drain(..take).collect();
             let after_break = run.ending.then_some(run.stored);
-            batches.push(Batch { key: key.clone(), gen: run.gen, chunks, trusted_on: run.trusted_on, after_break });
+            let own = chunks[0].seq > run.opened + 1;
+            batches.push(Batch { key: key.clone(), gen: run.gen, chunks, trusted_on: run.trusted_on, own, after_break });
             room -= take;
         }
         if run.queue.is_empty() {
@@ -879,6 +887,9 @@ fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
         ))),
         _ if top == 0 => Outcome::Failed(WriteError::Stale(format!(
             "run stream {key:?} vanished (expired or deleted) after seq {expected}"
+        ))),
+        _ if top == expected => Outcome::Failed(WriteError::Stale(format!(
+            "run stream {key:?}: seq {top} was written by another writer"
         ))),
         _ => Outcome::Failed(WriteError::Stale(format!(
             "run stream {key:?} is at seq {top}, not {expected}: another writer has written to it"
@@ -956,6 +967,7 @@ fn apply_opens(state: &mut State, keys: Vec<String>, tops: Vec<Result<Value, Wri
                     queue: VecDeque::new(),
                     next_seq: top + 1,
                     stored: top,
+                    opened: top,
                     closing: false,
                     error: None,
                     ending: false,

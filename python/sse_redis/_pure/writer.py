@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from importlib import resources
+from typing import Any
 
 import redis
 
@@ -83,7 +84,8 @@ class _Run:
     """What the engine knows of one open run."""
 
     __slots__ = (
-        "key", "queue", "next_seq", "stored", "closing", "error", "ending", "ready", "in_flight", "trusted_on"
+        "key", "queue", "next_seq", "stored", "opened", "closing", "error", "ending", "ready", "in_flight",
+        "trusted_on",
     )
 
     def __init__(self, key: str, top: int) -> None:
@@ -91,6 +93,9 @@ class _Run:
         self.queue: deque[_Chunk] = deque()
         self.next_seq = top + 1
         self.stored = top
+        # The top found when the run was opened: a seq above it is one this
+        # writer handed out, and a batch after it must follow its own entry.
+        self.opened = top
         self.closing = False  # a terminal chunk is queued: no more writes
         # Set when a batch failed: the run is broken for this writer for good.
         self.error: BaseException | None = None
@@ -533,7 +538,9 @@ class WriterEngine:
                 trusted = run.key not in seen and serial is not None and run.trusted_on == serial
                 seen.add(run.key)
                 after = _after_break(run, chunks)
-                mode = b"1" if trusted else b""
+                # 'o': the seq before the batch is this writer's own, so the
+                # stream's top must be its entry (see append.lua).
+                mode = b"1" if trusted else b"o" if chunks[0].seq > run.opened + 1 else b""
                 args += (chunks[0].seq, len(chunks), mode if after is None else b"a%d" % after)
                 for chunk in chunks:
                     args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
@@ -684,6 +691,8 @@ def _batch_error(key: str, chunks: list[_Chunk], outcome: object, after: int | N
     expected = chunks[0].seq - 1 if after is None else after
     if top == 0:
         return StaleWriterError(f"run stream {key!r} vanished (expired or deleted) after seq {expected}")
+    if top == expected:
+        return StaleWriterError(f"run stream {key!r}: seq {top} was written by another writer")
     return StaleWriterError(
         f"run stream {key!r} is at seq {top}, not {expected}: another writer has written to it"
     )
