@@ -66,6 +66,15 @@ def _top(entries: list) -> tuple[int, bool]:
     return int(fields.get(b"seq_id", 0)), fields.get(b"complete") == b"true"
 
 
+# redis-py before 5.3 needs a command name to hand out a connection; later
+# ones warn when given one.
+_POOL_WANTS_COMMAND = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
+
+
+def _checkout(pool: Any) -> Any:
+    return pool.get_connection("EVALSHA") if _POOL_WANTS_COMMAND else pool.get_connection()
+
+
 class _Chunk:
     __slots__ = ("seq", "data", "timestamp", "complete")
 
@@ -527,7 +536,7 @@ class WriterEngine:
         # first batch of a run in a pipeline; the script trusts the next ones of
         # a call itself. Never on a cluster, where the client may move to
         # another node (a promoted replica) without a new connection.
-        connection = client.connection_pool.get_connection() if isinstance(client, redis.Redis) else None
+        connection = _checkout(client.connection_pool) if isinstance(client, redis.Redis) else None
         serial = getattr(connection, "serial", None)
         seen: set[str] = set()
         calls: list[tuple[str, tuple]] = [(key, ("XREVRANGE", key, "+", "-", "COUNT", 1)) for key in opens]
