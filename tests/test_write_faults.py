@@ -140,3 +140,223 @@ def test_stale_batch_fails_the_runs_later_batches_of_the_same_pipeline(
     assert writers[2:] == [writers[2]] * 3 and writers[2] != writers[0], "A's terminal ended B's run"
     assert b_done == 5
     assert took < DEADLINE
+
+
+# ------------------------------------------------------------ network freezes
+
+
+def write_steadily(w, runs: list[str], acks: Acks, per_run: int, pause: float, flush_every: int,
+                   written: list[int]) -> None:
+    """Round robin over ``runs``, ``per_run`` chunks each, then complete():
+    a flush every ``flush_every`` rounds marks what is acknowledged."""
+    for i in range(1, per_run + 1):
+        for n, run in enumerate(runs):
+            data = payload(n, i)
+            acks.wrote(run, w.write(run, data), data)
+        written[0] = i
+        if i % flush_every == 0:
+            w.flush()
+            acks.flushed()
+        time.sleep(pause)
+    for run in runs:
+        seq = w.complete(run)
+        acks.wrote(run, seq, "data: [DONE]\n\n")
+        acks.flushed(run)
+
+
+def test_freeze_shorter_than_retry_timeout(backend, dedicated_server, fault_proxy, make_writer, plain_client,
+                                           run_id):
+    """The network freezes for 1.5 s (sockets open, nothing forwarded; new
+    connections too) while 5 runs are written: with retry_timeout 20 s the
+    writer rides it out; flush returns after the heal, and every chunk is
+    stored once, in order."""
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    r = plain_client(server.url)
+    w = make_writer(proxy.url, flush_size=10, retry_timeout=20, write_timeout=20)
+    runs = [run_id() for _ in range(5)]
+    acks, written, per_run = Acks(), [0], 200
+    writer = Background(lambda: write_steadily(w, runs, acks, per_run, 0.005, 20, written), "writer")
+    deadline = time.monotonic() + DEADLINE
+    while written[0] < per_run // 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    at_freeze = written[0]
+    proxy.freeze()
+    time.sleep(1.5)
+    during = written[0]
+    proxy.heal()
+    healed = time.monotonic()
+    writer.join(timeout=DEADLINE)
+    after_heal = time.monotonic() - healed
+    counts, stored = check_exact(r, runs, acks.acked)
+    report("write-freeze-short", backend, sent=acks.sent, counts=counts, stored=stored, freeze_s=1.5,
+           written_at_freeze=at_freeze, written_during_freeze=during - at_freeze,
+           done_after_heal_s=round(after_heal, 2), retries=w.stats()["retries"])
+    assert acks.sent == len(runs) * (per_run + 1)
+    assert at_freeze < per_run
+    assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
+    assert counts["received"] == acks.sent == stored
+    assert after_heal < DEADLINE
+
+
+def test_freeze_longer_than_retry_timeout(backend, dedicated_server, fault_proxy, make_writer, plain_client,
+                                          run_id):
+    """The network freezes for good (new connections too) mid-run, with
+    retry_timeout 2 s and write_timeout 5 s: flush raises WriteTimeout (or
+    RedisUnavailable) after about write_timeout; the engine gives the run up
+    with RedisUnavailable within a bound (a frozen link is seen by its socket
+    timeout, then retried for retry_timeout), and the run's later writes raise
+    it.  After the heal nothing acknowledged is lost and nothing is stored
+    twice (the frozen pipeline may land late: its seqs are never handed out
+    again)."""
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    r = plain_client(server.url)
+    w = make_writer(proxy.url, flush_size=10, retry_timeout=2, write_timeout=5)
+    run = run_id()
+    acks = Acks()
+    for i in range(1, 101):
+        acks.wrote(run, w.write(run, payload(0, i)), payload(0, i))
+    w.flush()
+    acks.flushed()
+    proxy.freeze()
+    started = time.monotonic()
+    first: BaseException | None = None
+    try:
+        for i in range(101, 201):
+            acks.wrote(run, w.write(run, payload(0, i)), payload(0, i))
+        w.flush()
+        acks.flushed()
+    except (RedisUnavailable, WriteTimeout) as exc:
+        first = exc
+    first_after = time.monotonic() - started
+    gave_up: BaseException | None = None
+    try:  # until the engine gives the run up
+        w.flush(timeout=DEADLINE, run_id=run)
+        acks.flushed(run)
+    except (RedisUnavailable, WriteTimeout) as exc:
+        gave_up = exc
+    gave_up_after = time.monotonic() - started
+    later: BaseException | None = None
+    try:
+        w.write(run, payload(0, 999))
+    except SSERedisError as exc:
+        later = exc
+    proxy.heal()
+    time.sleep(0.5)  # let a pipeline held by the freeze land, if it does
+    counts, stored = check_exact(r, [run], acks.acked)
+    report("write-freeze-long", backend, sent=acks.sent, counts=counts, stored=stored, retry_timeout=2,
+           write_timeout=5, flush_error=type(first).__name__ if first else None,
+           flush_raised_after_s=round(first_after, 2), gave_up=type(gave_up).__name__ if gave_up else None,
+           gave_up_after_s=round(gave_up_after, 2), later_write_error=type(later).__name__ if later else None)
+    assert isinstance(first, (RedisUnavailable, WriteTimeout)), "flush returned on a network frozen for good"
+    assert first_after < 5.0 + 3.0, f"flush raised after {first_after:.1f}s (write_timeout 5)"
+    assert isinstance(gave_up, RedisUnavailable), repr(gave_up)
+    assert gave_up_after < 30.0, f"the engine gave up after {gave_up_after:.1f}s"
+    assert isinstance(later, RedisUnavailable), f"a write to the broken run: {later!r}"
+    for error in (first, gave_up, later):
+        assert "os error" not in str(error) and "temporarily unavailable" not in str(error).lower(), str(error)
+    assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
+    assert stored >= acks.sent == 100
+
+
+def test_freeze_during_a_runs_first_write(backend, dedicated_server, fault_proxy, make_writer, plain_client,
+                                          run_id):
+    """Defect 8: the network is frozen when a run's first write comes, with
+    write_timeout 2: the write raises WriteTimeout (or RedisUnavailable)
+    within a few seconds, not 30, with a clear message; after the heal the
+    run opens and its first chunk is stored once."""
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    r = plain_client(server.url)
+    w = make_writer(proxy.url, write_timeout=2, retry_timeout=30)
+    warm, run = run_id(), run_id()
+    w.write(warm, payload(0, 1))  # the engine is connected, then the network freezes
+    w.flush()
+    proxy.freeze()
+    started = time.monotonic()
+    error: BaseException | None = None
+    try:
+        w.write(run, payload(1, 1))
+    except (WriteTimeout, RedisUnavailable) as exc:
+        error = exc
+    took = time.monotonic() - started
+    proxy.heal()
+    deadline = time.monotonic() + DEADLINE
+    seq = None
+    while seq is None:
+        try:
+            seq = w.write(run, payload(1, 1))
+        except (WriteTimeout, RedisUnavailable):
+            assert time.monotonic() < deadline, "the run never opened after the heal"
+    w.flush(timeout=DEADLINE)
+    stored = [s for s, _ in stored_entries(r, run)]
+    counts = tally([1], stored)
+    report("first-write-freeze", backend, sent=1, counts=counts, write_timeout=2,
+           raised_after_s=round(took, 2), error=type(error).__name__ if error else None,
+           message=repr(str(error)[:80]) if error else None)
+    assert error is not None, f"the first write returned on a frozen network after {took:.1f}s"
+    assert took < 5.0, f"the first write raised after {took:.1f}s (write_timeout 2)"
+    message = str(error)
+    assert "os error" not in message and "temporarily unavailable" not in message.lower(), message
+    assert run in message or "open" in message or "within" in message, message
+    assert seq == 1 and stored == [1]
+
+
+# ----------------------------------------------------- cut mid-pipeline, delay
+
+
+def test_links_cut_mid_pipeline(backend, dedicated_server, fault_proxy, make_writer, plain_client, run_id):
+    """Every 30-80 ms the writer's link is reset (RST) after a random number
+    of bytes, mid-command: the server gets part of a pipeline.  Retries store
+    every chunk of 10 runs once, in order."""
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    r = plain_client(server.url)
+    w = make_writer(proxy.url, flush_size=20, retry_timeout=20, write_timeout=20)
+    runs = [run_id() for _ in range(10)]
+    acks, written, per_run = Acks(), [0], 200
+    stop, cuts = threading.Event(), [0]
+    rng = random.Random(11)
+
+    def cutter() -> None:
+        while not stop.is_set():
+            proxy.cut_after(rng.randint(1, 6000))
+            cuts[0] += 1
+            stop.wait(rng.uniform(0.03, 0.08))
+
+    cutting = Background(cutter, "cutter")
+    started = time.monotonic()
+    try:
+        write_steadily(w, runs, acks, per_run, 0.004, 25, written)
+    finally:
+        stop.set()
+        cutting.join()
+    took = time.monotonic() - started
+    counts, stored = check_exact(r, runs, acks.acked)
+    report("write-cut-mid-pipeline", backend, sent=acks.sent, counts=counts, stored=stored, cuts=cuts[0],
+           connections=proxy.accepted, retries=w.stats()["retries"], took_s=round(took, 2))
+    assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
+    assert counts["received"] == acks.sent == stored == len(runs) * (per_run + 1)
+    assert proxy.accepted > 3 and w.stats()["retries"] > 0, "no link was cut: nothing was tested"
+    assert took < DEADLINE
+
+
+def test_slow_link(backend, dedicated_server, fault_proxy, make_writer, plain_client, run_id):
+    """Every read forwarded 30 ms late, both ways: still exact."""
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    r = plain_client(server.url)
+    proxy.delay(0.03)
+    w = make_writer(proxy.url, flush_size=10, retry_timeout=20, write_timeout=20)
+    runs = [run_id() for _ in range(5)]
+    acks, written = Acks(), [0]
+    started = time.monotonic()
+    write_steadily(w, runs, acks, 100, 0.002, 25, written)
+    took = time.monotonic() - started
+    counts, stored = check_exact(r, runs, acks.acked)
+    report("write-delay", backend, sent=acks.sent, counts=counts, stored=stored, delay_s=0.03,
+           pipelines=w.stats()["pipelines"], took_s=round(took, 2))
+    assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
+    assert counts["received"] == acks.sent == stored == 5 * 101
+    assert took < DEADLINE

@@ -271,7 +271,7 @@ impl Engine {
             };
             *slot = None;
             if Instant::now() + delay > deadline || self.shared.lock().closed {
-                return Err(WriteError::Unavailable(format!("Redis unreachable: {err}")));
+                return Err(WriteError::Unavailable(format!("Redis unreachable: {}", link_error_text(&err, opts.socket_timeout))));
             }
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(1));
@@ -518,6 +518,17 @@ impl Drop for Engine {
     }
 }
 
+/// A link error in words: a read the socket timeout ended is a link that went
+/// silent, which the OS calls "Resource temporarily unavailable (os error 11)".
+fn link_error_text(err: &RedisError, socket_timeout: Duration) -> String {
+    // (a short WAIT is reported as a timeout too, in words of its own: kept)
+    if err.is_timeout() && !err.to_string().contains("replicas") {
+        format!("no reply within {:?}s (timed out)", socket_timeout.as_secs_f64())
+    } else {
+        err.to_string()
+    }
+}
+
 /// 128 bits from the OS: unique across processes, forks and hosts (a forked
 /// child builds its own engine, so draws its own id).
 fn writer_id() -> Result<String, WriteError> {
@@ -617,11 +628,12 @@ impl Sender {
             (opens.iter().map(|_| Err(error.clone())).collect(), batches.iter().map(|_| Outcome::Failed(error.clone())).collect())
         };
         let secs = self.shared.opts.retry_timeout.as_secs_f64();
+        let socket_timeout = self.shared.opts.socket_timeout;
         let gave_up = |err: &RedisError| {
             if err.code() == Some("OOM") {
                 WriteError::Redis(format!("Redis refused writes for {secs:?}s: out of memory (maxmemory): {err}"))
             } else {
-                WriteError::Unavailable(format!("Redis unreachable for {secs:?}s: {err}"))
+                WriteError::Unavailable(format!("Redis unreachable for {secs:?}s: {}", link_error_text(err, socket_timeout)))
             }
         };
         loop {

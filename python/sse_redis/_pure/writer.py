@@ -155,7 +155,7 @@ class WriterEngine:
         self._sender_client = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
         if isinstance(self._sender_client, redis.Redis):
             links.number_connections(self._sender_client)
-        self._url, self._connect_timeout = url, connect_timeout
+        self._url, self._connect_timeout, self._socket_timeout = url, connect_timeout, socket_timeout
         self._stored_on = 0  # the serial of the connection the last pipeline landed on
         self._cluster = cluster
         self._wait_replicas = wait_replicas
@@ -196,7 +196,7 @@ class WriterEngine:
                 return command(self._client)
             except RETRYABLE as exc:
                 if time.monotonic() + delay > deadline or self._closed:
-                    raise RedisUnavailable(f"Redis unreachable: {exc}") from None
+                    raise RedisUnavailable(f"Redis unreachable: {self._link_error_text(exc)}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except redis.RedisError as exc:
@@ -513,7 +513,14 @@ class WriterEngine:
     def _gave_up(self, exc: BaseException) -> SSERedisError:
         if isinstance(exc, redis.exceptions.OutOfMemoryError):
             return SSERedisError(f"Redis refused writes for {self._retry_timeout}s: out of memory (maxmemory): {exc}")
-        return RedisUnavailable(f"Redis unreachable for {self._retry_timeout}s: {exc}")
+        return RedisUnavailable(f"Redis unreachable for {self._retry_timeout}s: {self._link_error_text(exc)}")
+
+    def _link_error_text(self, exc: BaseException) -> str:
+        """A link error in words: a read the socket timeout ended is a link
+        that went silent (the Rust core's words too)."""
+        if isinstance(exc, redis.TimeoutError) and "replicas" not in str(exc):
+            return f"no reply within {float(self._socket_timeout)}s (timed out)"
+        return str(exc)
 
     def _server_answers(self) -> bool:
         try:
