@@ -388,3 +388,70 @@ def test_async_another_runs_error_does_not_leak(backend, redis_url, make_async_w
     assert asyncio.run(main()) == "completed"
     assert finish.only == (mine, "completed", None, None)
     assert_stream(stored(r, mine), [chunk(1), DONE_CHUNK])
+
+
+# ------------------------------------------------------------------- policy hooks
+
+
+class Stopped(Exception):
+    """A source's own way of saying the user stopped the run."""
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_policy_hooks(backend, redis_url, make_writer, make_async_writer, plain_client, run_id, face):
+    """``public_error`` picks the error event's text, ``on_failure`` runs before
+    that event is stored, ``cancels`` turns a source exception into a
+    cancellation (``[DONE]``, status ``cancelled``), and a hook's exception is
+    raised once the run is closed and ``on_finish`` was called."""
+    r = plain_client(redis_url)
+    seen_before_error: list[int] = []
+
+    def on_failure(run: str, status: str, reason: str | None, error: BaseException | None) -> None:
+        seen_before_error.append(len(stored(r, run)))
+        assert status == "failed" and isinstance(error, ValueError)
+
+    def drive(items: list[Any], **hooks: Any) -> tuple[str, Finish]:
+        run, finish = run_id(), Finish()
+
+        def source():
+            for item in items:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        async def asource():
+            for item in source():
+                yield item
+
+        if face == "sync":
+            status = process_stream(source(), make_writer(redis_url), run, on_finish=finish, **hooks)
+        else:
+            status = asyncio.run(aprocess_stream(asource(), make_async_writer(redis_url), run,
+                                                 on_finish=finish, **hooks))
+        assert finish.only[1] == status
+        return run, finish
+
+    hooks = dict(public_error=lambda exc: f"sorry: {exc}", on_failure=on_failure,
+                 cancels=lambda exc: isinstance(exc, Stopped))
+    run, finish = drive([chunk(1), ValueError("quota")], **hooks)
+    items = stored(r, run)
+    assert error_payload(items[-1]["data"])["error"] == "sorry: quota"
+    assert seen_before_error and seen_before_error[0] <= 1  # the error event came after the hook
+    assert finish.only[1] == "failed"
+
+    run, finish = drive([chunk(1), Stopped("user")], **hooks)
+    assert_stream(stored(r, run), [chunk(1), DONE_CHUNK])
+    assert finish.only == (run, "cancelled", None, None)
+
+    def broken_hook(*args: Any) -> None:
+        raise RuntimeError("status table down")
+
+    run = run_id()
+    with pytest.raises(RuntimeError, match="status table down"):
+        if face == "sync":
+            process_stream([chunk(1)], make_writer(redis_url), run, on_finish=broken_hook)
+        else:
+            async def one():
+                yield chunk(1)
+            asyncio.run(aprocess_stream(one(), make_async_writer(redis_url), run, on_finish=broken_hook))
+    assert_stream(stored(r, run), [chunk(1), DONE_CHUNK])  # closed before the hook's error surfaced

@@ -46,13 +46,14 @@ import logging
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Optional
 
 from .. import _backend
 from ..connection import resolve_target
 from ..keys import KeyLayout
+from ..processor import OnFinish, aprocess_stream, settle
 from ..reader import AsyncStreamReader
-from ..writer import AsyncStreamWriter, error_chunk
+from ..writer import AsyncStreamWriter
 
 __all__ = [
     "RedisSSEStreamWriter",
@@ -68,9 +69,6 @@ log = logging.getLogger("sse_redis")
 # StopReasonType members of these names).
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 END_TURN, ERROR = "end_turn", "error"
-
-OnFinish = Callable[[str, str, Optional[str], Optional[BaseException]], Any]
-
 
 @dataclass
 class RunUpdate:
@@ -312,22 +310,20 @@ def _is_run_cancelled(exc: BaseException) -> bool:
     return any(cls.__name__ == "RunCancelledException" for cls in type(exc).__mro__)
 
 
-async def _settle(awaitable: Awaitable[Any]) -> tuple[BaseException | None, BaseException | None]:
-    """Run ``awaitable`` to its end even if our task is cancelled meanwhile.
-    Returns ``(its exception or None, the cancellation that arrived or None)``."""
-    task = asyncio.ensure_future(awaitable)
-    interrupted: BaseException | None = None
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if not task.cancelled():
-                interrupted = exc  # ours, not the task's: finish it first
-        except BaseException:
-            pass  # the task's own failure, read below
-    if task.cancelled():
-        return asyncio.CancelledError(), interrupted
-    return task.exception(), interrupted
+def _letta_stop_reason(status: str, stop_reason: str | None) -> str:
+    """The stop reason the reference reported for a run that ended so."""
+    if status == FAILED:
+        return ERROR
+    if status == CANCELLED:
+        return CANCELLED
+    return stop_reason or END_TURN
+
+
+async def _text(source: Any) -> AsyncIterator[Any]:
+    """The source with ``bytes`` chunks decoded (the reference accepted them)."""
+    async for item in source:
+        chunk = item[0] if isinstance(item, tuple) else item
+        yield bytes(chunk).decode("utf-8") if isinstance(chunk, (bytes, bytearray)) else item
 
 
 async def create_background_stream_processor(
@@ -372,118 +368,54 @@ async def create_background_stream_processor(
     with the same status and stop reason.  An exception of ``run_manager`` or
     ``on_finish`` is raised after the stream is closed and both were called.
     ``backend`` (extension) picks the engine of the writer made here.
+
+    This is ``sse_redis.aprocess_stream`` with the reference's policy: its
+    stop reasons, its cancellation exception, the exception's text in the
+    error event, and the status update made before that event is stored.
     """
-    codec = _backend.module(backend)
     own_writer = writer is None
     if writer is None:
         writer = RedisSSEStreamWriter(redis_client, backend=backend)
         await writer.start()
-
-    status = COMPLETED
-    stop_reason: str | None = None
-    error: BaseException | None = None
-    interrupted: BaseException | None = None  # re-raised at the end (CancelledError, KeyboardInterrupt)
-    deferred: BaseException | None = None  # run_manager / on_finish failure, raised at the end
     reported = False
-    ended = False
 
-    def note_interrupt(exc: BaseException | None) -> None:
-        """A cancellation that arrived while closing or reporting: re-raised at
-        the end; the outcome already decided stands."""
-        nonlocal interrupted
-        if exc is not None:
-            interrupted = interrupted or exc
-
-    async def report(update_status: str, reason: str, metadata: dict | None) -> None:
-        nonlocal deferred, reported
-        reported = True
+    async def report(run: str, status: str, stop_reason: str | None, error: BaseException | None) -> None:
+        nonlocal reported
+        if reported:
+            return
+        reported = True  # once per run, even if it fails
         if run_manager is None or actor is None:
             return
+        metadata = {"error": str(error)} if error is not None else None
+        update = make_run_update(status, _letta_stop_reason(status, stop_reason), metadata)
+        await run_manager.update_run_by_id_async(run_id=run, update=update, actor=actor)
+
+    async def finish(run: str, status: str, stop_reason: str | None, error: BaseException | None) -> None:
         try:
-            update = make_run_update(update_status, reason, metadata)
-            failure, stop = await _settle(
-                run_manager.update_run_by_id_async(run_id=run_id, update=update, actor=actor)
-            )
-        except Exception as exc:  # the update could not even be built or started
-            failure, stop = exc, None
-        note_interrupt(stop)
-        if failure is not None:
-            log.error("run %s: updating its status failed: %s", run_id, failure)
-            deferred = deferred or failure
+            await report(run, status, stop_reason, error)
+        finally:
+            if on_finish is not None:
+                result = on_finish(run, status, _letta_stop_reason(status, stop_reason), error)
+                if inspect.isawaitable(result):
+                    await result
 
     try:
-        try:
-            async for item in stream_generator:
-                chunk = item[0] if isinstance(item, tuple) else item
-                if isinstance(chunk, (bytes, bytearray)):
-                    chunk = bytes(chunk).decode("utf-8")
-                terminal = isinstance(chunk, str) and codec.is_terminal(chunk)
-                await writer.write_chunk(run_id=run_id, data=chunk, is_complete=terminal)
-                if terminal:
-                    ended = True
-                    break
-                if isinstance(chunk, str):
-                    reason = codec.sniff_stop_reason(chunk)
-                    if reason is not None:
-                        stop_reason = reason
-        except asyncio.CancelledError as exc:
-            status, interrupted = CANCELLED, exc
-        except Exception as exc:
-            if _is_run_cancelled(exc):
-                log.info("run %s: cancelled", run_id)
-                status = CANCELLED
-            else:
-                log.error("run %s: its stream failed: %s: %s", run_id, type(exc).__name__, exc)
-                status, error = FAILED, exc
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit: close, report, re-raise
-            status, interrupted = CANCELLED, exc
-
-        # Close the stream; this finishes even while the task is being cancelled.
-        if error is not None:
-            await report(FAILED, ERROR, {"error": str(error)})  # status first, as the reference did
-            closing = writer.write_chunk(run_id=run_id, data=error_chunk(str(error)), is_complete=True)
-        elif not ended:
-            closing = writer.mark_complete(run_id)
-        else:
-            closing = None  # the source's terminal chunk is stored already
-        if closing is not None:
-            failure, stop = await _settle(closing)
-            note_interrupt(stop)
-            if failure is not None:
-                log.error("run %s: could not close its stream: %s", run_id, failure)
-                if error is None:
-                    status, error = FAILED, failure
+        await aprocess_stream(
+            _text(stream_generator),
+            writer.writer,
+            run_id,
+            on_finish=finish,
+            on_failure=report,  # the status first, as the reference ordered it
+            public_error=str,
+            cancels=_is_run_cancelled,
+        )
     finally:
         if own_writer:
-            failure, stop = await _settle(writer.stop())
-            note_interrupt(stop)
+            failure, stop = await settle(writer.stop())
             if failure is not None:
                 log.error("run %s: stopping its writer failed: %s", run_id, failure)
-
-        if status == FAILED:
-            reason = ERROR
-        elif status == CANCELLED:
-            reason = CANCELLED
-        else:
-            reason = stop_reason or END_TURN
-            if stop_reason == CANCELLED:
-                status = CANCELLED
-        if not reported:
-            await report(status, reason, {"error": str(error)} if error is not None else None)
-        if on_finish is not None:
-            try:
-                result = on_finish(run_id, status, reason, error)
-                failure, stop = (await _settle(result)) if inspect.isawaitable(result) else (None, None)
-            except Exception as exc:
-                failure, stop = exc, None
-            note_interrupt(stop)
-            if failure is not None:
-                log.error("run %s: on_finish failed: %s", run_id, failure)
-                deferred = deferred or failure
-    if interrupted is not None:
-        raise interrupted
-    if deferred is not None:
-        raise deferred
+            if stop is not None:
+                raise stop  # a cancellation that arrived meanwhile
 
 
 # ------------------------------------------------------------------ reader
