@@ -360,3 +360,203 @@ def test_slow_link(backend, dedicated_server, fault_proxy, make_writer, plain_cl
     assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
     assert counts["received"] == acks.sent == stored == 5 * 101
     assert took < DEADLINE
+
+
+# --------------------------------------------------------- an oversized chunk
+
+
+def test_oversized_chunk_fails_only_its_own_run(backend, dedicated_server, make_writer, plain_client, run_id):
+    """Defect 9: a chunk over the server's proto-max-bulk-len (1 MB here),
+    written between other runs' chunks: its run alone fails, clearly, within
+    a bound; the other runs' chunks are all stored; the broken run's error
+    terminal is stored after the gap (fail())."""
+    server = dedicated_server("--proto-max-bulk-len", "1mb")
+    r = plain_client(server.url)
+    w = make_writer(server.url, flush_size=10, retry_timeout=10, write_timeout=20)
+    bad, innocents = run_id(), [run_id() for _ in range(3)]
+    acks = Acks()
+    for i in range(1, 4):
+        for n, run in enumerate(innocents):
+            acks.wrote(run, w.write(run, payload(n, i)), payload(n, i))
+    assert w.write(bad, payload(9, 1)) == 1
+    w.flush()
+    started = time.monotonic()
+    assert w.write(bad, payload(9, 2, size=3 << 19)) == 2  # 1.5 MiB
+    for i in range(4, 20):
+        for n, run in enumerate(innocents):
+            acks.wrote(run, w.write(run, payload(n, i)), payload(n, i))
+    error: BaseException | None = None
+    try:
+        w.flush(run_id=bad)
+    except SSERedisError as exc:
+        error = exc
+    took = time.monotonic() - started
+    w.flush()  # the innocent runs: no error of the bad run's
+    acks.flushed()
+    for run in innocents:
+        assert w.complete(run) == 20
+        acks.wrote(run, 20, "data: [DONE]\n\n")
+        acks.flushed(run)
+    with pytest.raises(SSERedisError):
+        w.write(bad, payload(9, 3))  # broken for this writer
+    assert w.fail(bad) == 3  # the error terminal, after the refused seq 2
+    counts, stored = check_exact(r, innocents, acks.acked)
+    bad_entries = stored_entries(r, bad)
+    report("oversized-chunk", backend, sent=acks.sent, counts=counts, stored=stored, chunk_bytes=3 << 19,
+           limit="1mb", error=type(error).__name__ if error else None, failed_after_s=round(took, 2),
+           bad_run_seqs=[seq for seq, _ in bad_entries])
+    assert error is not None, "the oversized chunk's run did not fail"
+    assert type(error) is SSERedisError and "bytes" in str(error), repr(error)
+    assert "Broken pipe" not in str(error) and "os error" not in str(error), str(error)
+    assert took < 30.0
+    assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
+    assert counts["received"] == acks.sent == 3 * 20
+    assert [seq for seq, _ in bad_entries] == [1, 3]
+    assert bad_entries[-1][1].get("broken") == "true" and bad_entries[-1][1]["complete"] == "true"
+
+
+# -------------------------------------------------------------------- OOM
+
+
+def fill_until_refused(w, run: str, acks: Acks, size: int, limit: int) -> tuple[int, BaseException | None]:
+    """Write ``size``-byte chunks until a write (or flush) raises, at most ``limit``."""
+    for i in range(1, limit + 1):
+        try:
+            data = payload(0, i, size)
+            acks.wrote(run, w.write(run, data), data)
+            if i % 10 == 0:
+                w.flush(run_id=run)
+                acks.flushed(run)
+        except SSERedisError as exc:
+            return i, exc
+    return limit, None
+
+
+@pytest.mark.parametrize("freed", ["in-time", "too-late"])
+def test_out_of_memory_never_renumbers(backend, dedicated_server, make_writer, plain_client, run_id, freed):
+    """Defect 5: Redis at maxmemory with noeviction refuses the writer's
+    scripts (-OOM).  ``in-time``: memory frees up within retry_timeout: the
+    retried batches land, every chunk under the seq its write returned.
+    ``too-late``: it does not: the run fails clearly ("out of memory"), its
+    later writes raise, and no seq a write returned ever ends up on another
+    chunk; after memory frees up, fail() stores the error terminal after the
+    gap and a new run is written normally."""
+    server = dedicated_server("--maxmemory-policy", "noeviction")
+    r = plain_client(server.url)
+    used = int(r.info("memory")["used_memory"])
+    r.config_set("maxmemory", used + 600_000)
+    retry = 8 if freed == "in-time" else 1
+    w = make_writer(server.url, flush_size=5, retry_timeout=retry, write_timeout=30)
+    run = run_id()
+    acks = Acks()
+    started = time.monotonic()
+    if freed == "in-time":
+        def relieve() -> None:
+            deadline = time.monotonic() + 20
+            while w.stats()["retries"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(1.0)  # refused for a while, then memory frees up
+            r.config_set("maxmemory", 0)
+
+        relief = Background(relieve, "relief")
+        stopped_at, error = fill_until_refused(w, run, acks, 4000, 400)
+        relief.join()
+        if error is None:
+            w.flush(run_id=run)
+            acks.flushed(run)
+    else:
+        stopped_at, error = fill_until_refused(w, run, acks, 4000, 2000)
+    took = time.monotonic() - started
+    later: BaseException | None = None
+    if error is not None:
+        try:
+            w.write(run, payload(0, 99999))
+        except SSERedisError as exc:
+            later = exc
+    r.config_set("maxmemory", 0)
+    terminal = w.fail(run) if error is not None else w.complete(run)
+    if error is None:
+        acks.wrote(run, terminal, "data: [DONE]\n\n")
+        acks.flushed(run)
+    fresh = run_id()
+    assert w.write(fresh, payload(1, 1)) == 1 and w.complete(fresh) == 2
+
+    entries = stored_entries(r, run)
+    written = dict(acks.written.get(run, []))
+    renumbered = [seq for seq, fields in entries if seq in written and fields["data"] != written[seq]]
+    counts, stored = check_exact(r, [run], acks.acked)
+    gaps = [seq for seq, _ in entries] != list(range(1, len(entries) + 1))
+    report(f"oom-{freed}", backend, sent=acks.sent, counts=counts, stored=stored, written=len(written),
+           gap=gaps, retry_timeout=retry, retries=w.stats()["retries"], error=type(error).__name__ if error else None,
+           later_write_error=type(later).__name__ if later else None, renumbered=len(renumbered),
+           terminal_seq=terminal, took_s=round(took, 2))
+    assert not renumbered, f"seqs stored with another chunk than their write's: {renumbered[:5]}"
+    assert len(entries) == len({fields["data"] for _, fields in entries}), "a chunk stored twice"
+    assert counts["lost"] == 0 and counts["duplicated"] == 0
+    assert w.stats()["retries"] > 0, "Redis never refused: nothing was tested"
+    assert took < DEADLINE
+    if freed == "in-time":
+        assert error is None, repr(error)
+        assert not gaps and counts["received"] == acks.sent == len(written) == stopped_at + 1
+        assert entries[-1][1]["data"] == "data: [DONE]\n\n" and terminal == stopped_at + 1
+    else:
+        assert error is not None and "out of memory" in str(error), repr(error)
+        assert isinstance(later, SSERedisError) and "out of memory" in str(later), repr(later)
+        # What landed is seq 1..m, the refused seqs are a gap, the error terminal follows it.
+        assert terminal == len(written) + 1
+        seqs = [seq for seq, _ in entries]
+        assert seqs[:-1] == list(range(1, len(seqs))) and seqs[-1] == terminal
+        assert entries[-1][1].get("broken") == "true"
+
+
+# --------------------------------------------------- cancelled async writes
+
+
+def test_cancelled_async_writes_take_no_effect(backend, dedicated_server, fault_proxy, make_async_writer,
+                                              plain_client, run_id):
+    """Defect 7: 200 ``AsyncStreamWriter.write`` tasks cancelled at random
+    points (before they run, while the run opens, while waiting for room on a
+    slow link); a write that raised CancelledError is retried.  Stored is
+    exactly what the writes returned: no cancelled write stored, no retry
+    duplicated, every seq under its own chunk."""
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    r = plain_client(server.url)
+    proxy.delay(0.01)  # the sender is slow, so writes wait for room and runs take a while to open
+    w = make_async_writer(proxy.url, max_pending=4, flush_size=2, retry_timeout=20, write_timeout=20)
+    rng = random.Random(5)
+    runs = [run_id() for _ in range(20)]  # a new run every 10 tries: first writes get cancelled too
+    returned: dict[str, list[tuple[int, str]]] = {run: [] for run in runs}
+    cancelled = retried_ok = 0
+
+    async def main() -> None:
+        nonlocal cancelled, retried_ok
+        for attempt in range(200):
+            run = runs[attempt // 10]
+            data = payload(attempt // 10, attempt)
+            task = asyncio.create_task(w.write(run, data))
+            for _ in range(rng.randint(0, 6)):
+                await asyncio.sleep(rng.choice([0, 0, 0.001, 0.005]))
+            task.cancel()
+            try:
+                seq = await task
+            except asyncio.CancelledError:
+                cancelled += 1
+                seq = await asyncio.wait_for(w.write(run, data), DEADLINE)  # the retry
+                retried_ok += 1
+            returned[run].append((seq, data))
+        await asyncio.wait_for(w.flush(), DEADLINE)
+
+    started = time.monotonic()
+    asyncio.run(main())
+    took = time.monotonic() - started
+    counts, stored = check_exact(r, runs, returned)
+    sent = sum(len(v) for v in returned.values())
+    report("cancelled-async-writes", backend, sent=sent, counts=counts, stored=stored, tries=200,
+           cancelled=cancelled, took_s=round(took, 2))
+    assert sent == 200 and 0 < cancelled < 200
+    assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
+    assert counts["received"] == stored == 200, "a cancelled write was stored, or a retry twice"
+    for run in runs:
+        assert [seq for seq, _ in returned[run]] == list(range(1, len(returned[run]) + 1))
+    assert took < DEADLINE
