@@ -161,12 +161,19 @@ def test_run_ids_cannot_escape_the_key_prefix(backend: str, redis_url: str) -> N
 # --------------------------------------------------------------- credentials
 
 
-def test_no_password_in_reprs_or_errors(backend: str, dedicated_server) -> None:
+@pytest.mark.parametrize("form", ["netloc", "query", "raw"])
+def test_no_password_in_reprs_or_errors(backend: str, dedicated_server, form: str) -> None:
     server = dedicated_server("--requirepass", PASSWORD)
-    wrong = f"redis://default:not-{PASSWORD}@127.0.0.1:{server.port}/0"
-    right = f"redis://default:{PASSWORD}@127.0.0.1:{server.port}/0"
-    writer = StreamWriter(wrong, backend=backend, retry_timeout=0.5)
-    reader = StreamReader(right, backend=backend)
+
+    def url(password: str) -> str:
+        if form == "query":
+            return f"redis://127.0.0.1:{server.port}/0?username=default&password={password}"
+        if form == "raw":  # a password holding "/", "#", "?" as the user typed it
+            return f"redis://default:{password}/#?@127.0.0.1:{server.port}/0"
+        return f"redis://default:{password}@127.0.0.1:{server.port}/0"
+
+    writer = StreamWriter(url(f"not-{PASSWORD}"), backend=backend, retry_timeout=0.5)
+    reader = StreamReader(url(PASSWORD), backend=backend)
     try:
         assert PASSWORD not in repr(writer) and PASSWORD not in repr(reader)
         with pytest.raises(SSERedisError) as info:
@@ -175,6 +182,37 @@ def test_no_password_in_reprs_or_errors(backend: str, dedicated_server) -> None:
     finally:
         writer.close(timeout=1)
         reader.close()
+
+
+# --------------------------------------------------------- redis-py clients
+
+
+@pytest.mark.parametrize("asyncio_client", [False, True])
+def test_client_with_a_private_ca(backend: str, tls_server: RedisProcess, asyncio_client: bool) -> None:
+    """A client's ssl_ca_certs (a private CA the system does not trust) is
+    taken over, not dropped, on both backends."""
+    ca = tls_server.tls[2]  # type: ignore[index]
+    module = redis_py.asyncio if asyncio_client else redis_py
+    client = module.Redis(host="localhost", port=tls_server.port, ssl=True, ssl_ca_certs=ca)
+    run = f"tls-{uuid.uuid4().hex}"
+    with StreamWriter(client, backend=backend) as writer, StreamReader(client, backend=backend) as reader:
+        write_run(writer, run)
+        assert len(read_all(reader, run)) == 6
+
+
+def test_client_ssl_setting_the_rust_engine_cannot_honour(backend: str, tls_server: RedisProcess) -> None:
+    """ssl_ca_data (the CA as text): the pure engines use it, the Rust one is
+    refused naming it rather than connecting without it."""
+    ca = Path(tls_server.tls[2]).read_text()  # type: ignore[index]
+    client = redis_py.Redis(host="localhost", port=tls_server.port, ssl=True, ssl_ca_data=ca)
+    if backend == "rust":
+        with pytest.raises(ValueError, match="'ssl_ca_data'"):
+            StreamWriter(client, backend=backend)
+        return
+    run = f"tls-{uuid.uuid4().hex}"
+    with StreamWriter(client, backend=backend) as writer, StreamReader(client, backend=backend) as reader:
+        write_run(writer, run)
+        assert len(read_all(reader, run)) == 6
 
 
 @pytest.mark.parametrize("asyncio_client", [False, True])

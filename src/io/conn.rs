@@ -6,36 +6,47 @@ use std::time::Duration;
 
 use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Client, ClientTlsConfig, Cmd, Connection, ConnectionLike, RedisError, RedisResult, TlsCertificates, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{
+    Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, Connection, ConnectionLike, IntoConnectionInfo,
+    RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, Value,
+};
 
 /// Where Redis is: one server, or a cluster reached through its nodes.
 pub enum Target {
-    Single(Client),
+    Single(Endpoint),
     Cluster(ClusterTarget),
 }
 
-/// A cluster's seed URL (TLS parameters taken out) and every node seen since:
-/// a reconnect after a failover must not depend on the seed being alive.
+/// A cluster's seed (its address, credentials and TLS settings, which every
+/// node shares) and every node seen since: a reconnect after a failover must
+/// not depend on the seed being alive.
 pub struct ClusterTarget {
-    url: url::Url,
-    certs: Option<TlsCertificates>,
+    seed: Endpoint,
     nodes: Mutex<Vec<String>>,
 }
 
 impl Target {
     pub fn new(url: &str, cluster: bool) -> Result<Target, String> {
+        let endpoint = Endpoint::parse(url)?;
         if !cluster {
-            return client(url).map(Target::Single);
+            return Ok(Target::Single(endpoint));
         }
-        let (parsed, certs) = match tls_settings(url)? {
-            Some((parsed, certs)) => (parsed, Some(certs)),
-            None => (url::Url::parse(url).map_err(|e| format!("invalid Redis URL: {e}"))?, None),
-        };
-        if parsed.scheme() == "unix" {
+        let (ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. }) = endpoint.info.addr() else {
             return Err("a Redis Cluster is reached over TCP: unix:// URLs cannot name its nodes".into());
+        };
+        // The cluster client connects to nodes itself: no hook to name them or
+        // to relax the hostname check on each.
+        if endpoint.client_name.is_some() {
+            return Err("client_name is not supported on a Redis Cluster by the Rust engine (backend='python' honours it)".into());
         }
-        let seed = format!("{}:{}", parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(6379));
-        let target = ClusterTarget { url: parsed, certs, nodes: Mutex::new(vec![seed]) };
+        if endpoint.accept_invalid_hostnames {
+            return Err("ssl_check_hostname=false is not supported on a Redis Cluster by the Rust engine \
+                        (backend='python' honours it)"
+                .into());
+        }
+        let seed = format!("{host}:{port}");
+        let target = ClusterTarget { seed: endpoint, nodes: Mutex::new(vec![seed]) };
         target.node_client(None).map_err(|e| format!("invalid Redis URL: {}", e.kind_text()))?;
         Ok(Target::Cluster(target))
     }
@@ -44,7 +55,7 @@ impl Target {
     /// connections that follows MOVED and ASK by itself.
     pub fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<Link> {
         match self {
-            Target::Single(client) => connect(client, connect_timeout, read_timeout).map(Link::Single),
+            Target::Single(endpoint) => endpoint.connect(connect_timeout, read_timeout).map(Link::Single),
             Target::Cluster(cluster) => cluster.connect(connect_timeout, read_timeout).map(Link::Cluster),
         }
     }
@@ -60,7 +71,7 @@ impl Target {
         read_timeout: Option<Duration>,
     ) -> RedisResult<(Connection, Option<String>)> {
         match self {
-            Target::Single(client) => Ok((connect(client, connect_timeout, read_timeout)?, None)),
+            Target::Single(endpoint) => Ok((endpoint.connect(connect_timeout, read_timeout)?, None)),
             Target::Cluster(cluster) => {
                 let node = match node {
                     Some(node) => node.to_owned(),
@@ -80,32 +91,34 @@ impl Target {
 }
 
 impl ClusterTarget {
-    fn node_url(&self, node: &str) -> RedisResult<url::Url> {
-        let bad = |_| RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid cluster node address"));
-        let (host, port) = node.rsplit_once(':').ok_or_else(|| bad(()))?;
-        let mut url = self.url.clone();
-        url.set_host(Some(host.trim_start_matches('[').trim_end_matches(']'))).map_err(|_| bad(()))?;
-        url.set_port(Some(port.parse().map_err(|_| bad(()))?)).map_err(|_| bad(()))?;
-        Ok(url)
+    /// The seed's settings at the node `node` (`host:port`).
+    fn node_info(&self, node: &str) -> RedisResult<ConnectionInfo> {
+        let bad = || RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid cluster node address"));
+        let (host, port) = node.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = port.parse().map_err(|_| bad())?;
+        let addr = match self.seed.info.addr() {
+            ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+                ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
+            }
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        Ok(self.seed.info.clone().set_addr(addr))
     }
 
     fn node_client(&self, node: Option<&str>) -> RedisResult<Client> {
         let first = self.nodes.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
-        let url = self.node_url(node.unwrap_or(&first))?;
-        match &self.certs {
-            Some(certs) => Client::build_with_tls(url.as_str(), certs.clone()),
-            None => Client::open(url.as_str()),
-        }
+        client(&self.node_info(node.unwrap_or(&first))?, self.seed.certs.as_ref(), false)
     }
 
     fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<ClusterConnection> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let urls = nodes.iter().map(|n| self.node_url(n).map(String::from)).collect::<RedisResult<Vec<_>>>()?;
-        let mut builder = ClusterClient::builder(urls).connection_timeout(connect_timeout);
+        let infos = nodes.iter().map(|n| self.node_info(n)).collect::<RedisResult<Vec<_>>>()?;
+        let mut builder = ClusterClient::builder(infos).connection_timeout(connect_timeout).tcp_settings(keepalive());
         if let Some(read_timeout) = read_timeout {
             builder = builder.response_timeout(read_timeout);
         }
-        if let Some(certs) = &self.certs {
+        if let Some(certs) = &self.seed.certs {
             builder = builder.certs(certs.clone());
         }
         let mut con = builder.build()?.get_connection()?;
@@ -275,54 +288,205 @@ pub fn slot_group(key: &str) -> &str {
     key
 }
 
-/// A client for `url`; credentials never appear in the error text.
+/// One server as a URL names it: address, db, credentials and keepalive
+/// (`info`), TLS files, and what `info` cannot hold.
 ///
-/// `rediss://` URLs may carry redis-py's TLS query parameters, so that one URL
-/// serves both engines: `ssl_ca_certs` (a PEM file of trusted roots, else the
-/// system's), `ssl_certfile` + `ssl_keyfile` (a client certificate, for mTLS)
-/// and `ssl_cert_reqs=none` (no verification: tests only).
-pub fn client(url: &str) -> Result<Client, String> {
-    let invalid = |e: redis::RedisError| format!("invalid Redis URL: {}", e.kind_text());
-    let Some((url, tls)) = tls_settings(url)? else {
-        return Client::open(url).map_err(invalid);
-    };
-    Client::build_with_tls(url.as_str(), tls).map_err(invalid)
+/// The URL is the canonical form `python/sse_redis/connection.py` makes of any
+/// URL or redis-py client, which redis-py reads the same way:
+/// `redis[s]://[user[:password]@]host[:port][/db]` or
+/// `unix://[user[:password]@]/path?db=N`, credentials percent-encoded; query
+/// parameters `ssl_ca_certs` (a PEM file of trusted roots, else the system's),
+/// `ssl_certfile` + `ssl_keyfile` (a client certificate, for mTLS),
+/// `ssl_cert_reqs=none` (no verification: tests only), `ssl_check_hostname=false`,
+/// `client_name`. The other forms redis-py accepts are read too (`?username=`,
+/// `?password=`, `?db=`), so a URL given to `_core` directly works as well.
+/// No error text quotes any part of the URL.
+pub struct Endpoint {
+    client: Client,
+    info: ConnectionInfo,
+    certs: Option<TlsCertificates>,
+    accept_invalid_hostnames: bool,
+    client_name: Option<String>,
 }
 
-/// The URL without its TLS query parameters, and the certificates they name;
-/// `None` when it is not a `rediss://` URL.
-fn tls_settings(url: &str) -> Result<Option<(url::Url, TlsCertificates)>, String> {
-    let mut parsed = url::Url::parse(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-    if parsed.scheme() != "rediss" {
-        return Ok(None);
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let invalid = |why: &str| format!("invalid Redis URL: {why}");
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("no scheme"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let (netloc_user, netloc_password, path, query) = match scheme.as_str() {
+            "redis" | "rediss" => {
+                let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+                let user = Some(parsed.username()).filter(|u| !u.is_empty()).map(decode).transpose()?;
+                let password = parsed.password().map(decode).transpose()?;
+                (user, password, parsed.path().to_owned(), parsed.query().unwrap_or("").to_owned())
+            }
+            "unix" => {
+                // `unix://[userinfo@]/path?query`: parsed by hand (a URL parser
+                // wants a host wherever there is a userinfo).
+                let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+                let before_query = before_query.split('#').next().unwrap_or("");
+                let slash = before_query.find('/').ok_or_else(|| invalid("no socket path"))?;
+                let (authority, path) = before_query.split_at(slash);
+                let (user, password) = match authority.rsplit_once('@') {
+                    Some((userinfo, _)) => match userinfo.split_once(':') {
+                        Some((user, password)) => (Some(user), Some(password)),
+                        None => (Some(userinfo), None),
+                    },
+                    None => (None, None),
+                };
+                let user = user.filter(|u| !u.is_empty()).map(decode).transpose()?;
+                (user, password.map(decode).transpose()?, decode(path)?, query.to_owned())
+            }
+            _ => return Err("unsupported Redis URL scheme (expected redis://, rediss:// or unix://)".into()),
+        };
+        let mut params = std::collections::HashMap::new();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            params.entry(name.into_owned()).or_insert_with(|| value.into_owned());
+        }
+        // What redis-py does: the netloc's credentials win over the query's,
+        // and `?db=` over the path.
+        let user = netloc_user.or_else(|| params.get("username").cloned()).filter(|u| !u.is_empty());
+        let password = netloc_password.or_else(|| params.get("password").cloned()).filter(|p| !p.is_empty());
+        let db = match params.get("db") {
+            Some(db) => db.parse::<i64>().map_err(|_| invalid("Invalid value for 'db'"))?,
+            None if scheme == "unix" => 0,
+            None => path.trim_matches('/').parse::<i64>().unwrap_or(0),
+        };
+        let addr = match scheme.as_str() {
+            "unix" => ConnectionAddr::Unix(path.into()),
+            _ => {
+                let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+                let host = match parsed.host() {
+                    Some(url::Host::Domain(host)) => decode(host)?,
+                    Some(url::Host::Ipv4(ip)) => ip.to_string(),
+                    Some(url::Host::Ipv6(ip)) => ip.to_string(),
+                    None => "localhost".into(),
+                };
+                let port = parsed.port().unwrap_or(6379);
+                if scheme == "rediss" {
+                    let insecure = params.get("ssl_cert_reqs").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+                    ConnectionAddr::TcpTls { host, port, insecure, tls_params: None }
+                } else {
+                    ConnectionAddr::Tcp(host, port)
+                }
+            }
+        };
+        let mut redis = RedisConnectionInfo::default().set_db(db);
+        if let Some(user) = user {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = password {
+            redis = redis.set_password(password);
+        }
+        let tls = matches!(addr, ConnectionAddr::TcpTls { .. });
+        let info = addr.into_connection_info().map_err(|e| invalid(&e.kind_text()))?;
+        let info = info.set_redis_settings(redis).set_tcp_settings(keepalive());
+        let certs = if tls { Some(tls_certificates(&params)?) } else { None };
+        let accept_invalid_hostnames = tls
+            && params.get("ssl_check_hostname").is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "0" | "f" | "false" | "n" | "no")
+            });
+        let client_name = params.get("client_name").filter(|n| !n.is_empty()).cloned();
+        let client = client(&info, certs.as_ref(), accept_invalid_hostnames)
+            .map_err(|e| invalid(&e.kind_text()))?;
+        Ok(Endpoint { client, info, certs, accept_invalid_hostnames, client_name })
     }
-    let (mut ca, mut cert, mut key, mut insecure) = (None, None, None, false);
-    let mut kept = Vec::new();
-    for (name, value) in parsed.query_pairs() {
-        match name.as_ref() {
-            "ssl_ca_certs" => ca = Some(value.into_owned()),
-            "ssl_certfile" => cert = Some(value.into_owned()),
-            "ssl_keyfile" => key = Some(value.into_owned()),
-            "ssl_cert_reqs" => insecure = value.eq_ignore_ascii_case("none"),
-            _ => kept.push((name.into_owned(), value.into_owned())),
+
+    /// A connection to this server, named with `client_name` when the URL gives one.
+    fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<Connection> {
+        let mut con = connect(&self.client, connect_timeout, read_timeout)?;
+        if let Some(name) = &self.client_name {
+            redis::cmd("CLIENT").arg("SETNAME").arg(name).exec(&mut con)?;
+        }
+        Ok(con)
+    }
+}
+
+/// A client for `info`, with its certificates (`rediss://`).
+fn client(info: &ConnectionInfo, certs: Option<&TlsCertificates>, accept_invalid_hostnames: bool) -> RedisResult<Client> {
+    let client = match certs {
+        Some(certs) => Client::build_with_tls(info.clone(), certs.clone())?,
+        None => Client::open(info.clone())?,
+    };
+    if !accept_invalid_hostnames {
+        return Ok(client);
+    }
+    let mut addr = client.get_connection_info().addr().clone();
+    addr.set_danger_accept_invalid_hostnames(true);
+    Client::open(client.get_connection_info().clone().set_addr(addr))
+}
+
+fn decode(text: &str) -> Result<String, String> {
+    percent_encoding_decode(text).ok_or_else(|| "invalid Redis URL: a percent-encoded part is not UTF-8".to_owned())
+}
+
+fn percent_encoding_decode(text: &str) -> Option<String> {
+    // `form_urlencoded` would turn `+` into a space: decode `%XX` only.
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
         }
     }
-    let read = |path: &str| std::fs::read(path).map_err(|e| format!("cannot read TLS file {path:?}: {e}"));
-    let client_tls = match (cert, key) {
-        (Some(cert), Some(key)) => Some(ClientTlsConfig { client_cert: read(&cert)?, client_key: read(&key)? }),
+    String::from_utf8(out).ok()
+}
+
+/// The certificates the TLS query parameters name.
+fn tls_certificates(params: &std::collections::HashMap<String, String>) -> Result<TlsCertificates, String> {
+    let read = |path: &String| std::fs::read(path).map_err(|e| format!("cannot read TLS file {path:?}: {e}"));
+    let client_tls = match (params.get("ssl_certfile"), params.get("ssl_keyfile")) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
         (None, None) => None,
         _ => return Err("ssl_certfile and ssl_keyfile go together".into()),
     };
-    let root_cert = ca.as_deref().map(read).transpose()?;
-    parsed.set_query(None);
-    if !kept.is_empty() {
-        parsed.query_pairs_mut().extend_pairs(kept);
-    }
-    if insecure {
-        parsed.set_fragment(Some("insecure"));
-    }
-    Ok(Some((parsed, TlsCertificates { client_tls, root_cert })))
+    let root_cert = params.get("ssl_ca_certs").map(read).transpose()?;
+    Ok(TlsCertificates { client_tls, root_cert })
 }
+
+/// TCP keepalive with short timers on every link (the twin of the pure
+/// links' `KEEPALIVE_*`): a peer gone without FIN or RST (a NAT entry dropped,
+/// a VIP moved) is noticed in about 5 + 2 * 3 s where the OS lets us set the
+/// timers; elsewhere keepalive is on with the system's timers.
+pub fn keepalive() -> TcpSettings {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use redis::io::tcp::socket2::TcpKeepalive;
+        let probes = TcpKeepalive::new().with_time(Duration::from_secs(KEEPALIVE_IDLE_SECS));
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "macos",
+            target_os = "ios",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "dragonfly",
+            target_os = "illumos",
+            target_os = "fuchsia",
+            target_os = "windows"
+        ))]
+        let probes = probes
+            .with_interval(Duration::from_secs(KEEPALIVE_INTERVAL_SECS))
+            .with_retries(KEEPALIVE_PROBES);
+        TcpSettings::default().set_keepalive(probes)
+    }
+    #[cfg(target_family = "wasm")]
+    TcpSettings::default()
+}
+
+pub const KEEPALIVE_IDLE_SECS: u64 = 5;
+pub const KEEPALIVE_INTERVAL_SECS: u64 = 2;
+pub const KEEPALIVE_PROBES: u32 = 3;
 
 /// A connection whose reads give up after `read_timeout` (`None`: wait forever,
 /// for blocking reads).

@@ -6,6 +6,7 @@ not depend on the first URL's node being alive)."""
 from __future__ import annotations
 
 import itertools
+import socket
 from typing import Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,26 +32,66 @@ LINK_ERRORS = (
 def connect(
     url: str, connect_timeout: float, socket_timeout: float | None, *, cluster: bool = False
 ) -> Client:
-    """A client of our own for ``url``; retries are ours, not redis-py's."""
+    """A client of our own for ``url`` (a ``Target``: its client settings too);
+    retries are ours, not redis-py's."""
     if cluster:
         return RedisCluster.from_url(
             url,
+            **_settings(url),
+            **_keepalive(url),
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
             decode_responses=False,
         )
-    return _server(url, connect_timeout, socket_timeout)
+    return _server(url, connect_timeout, socket_timeout, _settings(url))
 
 
-def _server(url: str, connect_timeout: float, socket_timeout: float | None, **options: object) -> redis.Redis:
-    """A client of one server; retries are ours, not redis-py's."""
+def _server(
+    url: str, connect_timeout: float, socket_timeout: float | None, settings: dict[str, Any], **options: object
+) -> redis.Redis:
+    """A client of one server: the client settings ``url`` came with, and our
+    own timeouts, keepalive and retries (none: the engines retry)."""
     return redis.Redis.from_url(
         url,
+        **settings,
+        **_keepalive(url),
         socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
         **options,
     )
+
+
+def _settings(url: str) -> dict[str, Any]:
+    """The redis-py settings a ``Target`` carries beside its URL (a credential
+    provider, ``ssl_ca_data``...); none for a plain URL string."""
+    return dict(getattr(url, "settings", None) or {})
+
+
+# TCP keepalive with short timers (the twin of conn::keepalive): a peer gone
+# without FIN or RST is noticed in about IDLE + INTERVAL * PROBES seconds.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 5, 2, 3
+
+
+def _keepalive_options() -> dict[int, int]:
+    options: dict[int, int] = {}
+    idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS
+    for option, value in ((idle, KEEPALIVE_IDLE),
+                          (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+                          (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES)):
+        if option is not None:
+            options[option] = value
+    return options
+
+
+KEEPALIVE_OPTIONS = _keepalive_options()
+
+
+def _keepalive(url: str) -> dict[str, Any]:
+    """redis-py's keepalive settings; none for a unix socket (no TCP)."""
+    if url.startswith("unix:"):
+        return {}
+    return {"socket_keepalive": True, "socket_keepalive_options": dict(KEEPALIVE_OPTIONS)}
 
 
 _serials = itertools.count(1)
@@ -78,11 +119,12 @@ def number_connections(client: redis.Redis) -> None:
 def connect_node(url: str, node: str | None, connect_timeout: float) -> redis.Redis:
     """One connection, no read timeout, for blocking reads: to ``url``'s server,
     or to the cluster node ``node`` (``host:port``) with ``url``'s credentials."""
+    settings = _settings(url)
     if node is not None:
         parts = urlsplit(url)
         auth = parts.netloc.rpartition("@")[0]
         url = urlunsplit(parts._replace(netloc=f"{auth}@{node}" if auth else node))
-    return _server(url, connect_timeout, None, single_connection_client=True)
+    return _server(url, connect_timeout, None, settings, single_connection_client=True)
 
 
 def known_nodes(client: Client) -> list[str]:
