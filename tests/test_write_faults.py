@@ -362,6 +362,35 @@ def test_slow_link(backend, dedicated_server, fault_proxy, make_writer, plain_cl
     assert took < DEADLINE
 
 
+def test_half_closed_links(backend, dedicated_server, fault_proxy, make_writer, plain_client, run_id):
+    """Three times mid-run the writer's links get a FIN while what they send
+    is dropped (a half-closed link): the writer reconnects and retries, and
+    every chunk of 5 runs is stored once, in order."""
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    r = plain_client(server.url)
+    w = make_writer(proxy.url, flush_size=10, retry_timeout=20, write_timeout=20)
+    runs = [run_id() for _ in range(5)]
+    acks, written, per_run = Acks(), [0], 150
+    writer = Background(lambda: write_steadily(w, runs, acks, per_run, 0.004, 25, written), "writer")
+    closes = 0
+    for at in (30, 70, 110):
+        deadline = time.monotonic() + DEADLINE
+        while written[0] < at and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proxy.half_close()
+        closes += 1
+    started = time.monotonic()
+    writer.join(timeout=DEADLINE)
+    took = time.monotonic() - started
+    counts, stored = check_exact(r, runs, acks.acked)
+    report("write-half-close", backend, sent=acks.sent, counts=counts, stored=stored, half_closes=closes,
+           connections=proxy.accepted, retries=w.stats()["retries"], took_s=round(took, 2))
+    assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
+    assert counts["received"] == acks.sent == stored == len(runs) * (per_run + 1)
+    assert proxy.accepted > 1, "no link was half-closed under the writer: nothing was tested"
+
+
 # --------------------------------------------------------- an oversized chunk
 
 
@@ -413,6 +442,23 @@ def test_oversized_chunk_fails_only_its_own_run(backend, dedicated_server, make_
     assert counts["received"] == acks.sent == 3 * 20
     assert [seq for seq, _ in bad_entries] == [1, 3]
     assert bad_entries[-1][1].get("broken") == "true" and bad_entries[-1][1]["complete"] == "true"
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="README documents max_chunk_bytes (refused at write); StreamWriter has no such option")
+def test_max_chunk_bytes_refuses_at_write(backend, redis_url, make_writer, plain_client, run_id):
+    """The README: "``max_chunk_bytes`` refuses bigger chunks at ``write``",
+    and issue 10: an oversized chunk fails only its own run "whatever
+    ``max_chunk_bytes`` is set to"."""
+    r = plain_client(redis_url)
+    w = make_writer(redis_url, max_chunk_bytes=1000)
+    run, other = run_id(), run_id()
+    assert w.write(other, payload(0, 1)) == 1
+    with pytest.raises(ValueError):
+        w.write(run, payload(1, 1, size=2000))
+    assert w.write(run, payload(1, 1)) == 1  # nothing was queued: the run goes on
+    assert w.complete(run) == 2 and w.complete(other) == 2
+    assert [s for s, _ in stored_entries(r, run)] == [1, 2]
 
 
 # -------------------------------------------------------------------- OOM
