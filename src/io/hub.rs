@@ -3,9 +3,17 @@
 //! their own bounded queue; the hub's two threads do all the I/O: the
 //! fetcher catches subscriptions up with `XRANGE (last +` on the query
 //! connection, and a blocker waits on every watched key of its group with one
-//! `XREAD BLOCK` on a dedicated connection with no read timeout. One server
-//! has one group; a cluster has one per slot group (hash tag), because one
-//! `XREAD` may only name keys of one slot, each blocking on the slot's owner.
+//! `XREAD BLOCK` on a dedicated connection. One server has one group; a
+//! cluster has one per slot group (hash tag), because one `XREAD` may only
+//! name keys of one slot, each blocking on the slot's owner.
+//!
+//! Liveness: a link can go silent (no FIN, no RST: a NAT entry dropped, a VIP
+//! moved) behind a middlebox that keeps ACKing, so TCP cannot tell. The
+//! blocker's reads time out at its longest block plus `LIVENESS_MARGIN`: a
+//! reply that late means the link is dead, and it reconnects and reads on
+//! from the positions it keeps. The fetcher's reads time out at
+//! `socket_timeout`, and it drops its link too when the blocker found its own
+//! silent (same route, likely the same fate).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -25,6 +33,8 @@ const XREAD_COUNT: usize = 1000;
 const SHORT_BLOCK_MS: u64 = 250;
 /// While a slot migrates, its keys are read by the fetcher this often.
 const MIGRATING_POLL: Duration = Duration::from_millis(20);
+/// A blocking read's reply this late (past its block time) means a dead link.
+const LIVENESS_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Status {
@@ -61,6 +71,9 @@ pub struct HubEntry {
     /// may be missing (never stored), which is not a trim.
     pub broken: bool,
 }
+
+static TOPS_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../../python/sse_redis/tops.lua")));
 
 fn parse_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
@@ -130,6 +143,9 @@ struct State {
     wakers: HashMap<u64, Waker>,
     next_id: u64,
     unblock_wanted: bool,
+    /// A blocker found its link silent: the fetcher's link, on the same
+    /// route, is remade before its next command rather than waited out.
+    relink_query: bool,
     can_unblock: Option<bool>,
     down_since: Option<Instant>,
     closed: bool,
@@ -198,7 +214,7 @@ impl Inner {
         if matches!(sub.status, Status::Missing | Status::Pending) {
             sub.status = Status::Ok;
         }
-        signal(state, sid);
+        signal(state, sid); // the entries, and the state change if any
         true
     }
 
@@ -212,16 +228,26 @@ impl Inner {
         let now = Instant::now();
         let since = *state.down_since.get_or_insert(now);
         if now.duration_since(since) > self.opts.retry_timeout {
-            let ids: Vec<u64> = state.subs.iter().filter(|(_, s)| s.status != Status::Down).map(|(i, _)| *i).collect();
+            let ids: Vec<u64> = state.subs.keys().copied().collect();
             for sid in ids {
-                state.subs.get_mut(&sid).expect("listed").status = Status::Down;
-                signal(&mut state, sid);
+                set_status(&mut state, sid, Status::Down);
             }
         }
     }
 
     fn count(&self, f: impl FnOnce(&mut Stats)) {
         f(&mut self.lock().stats);
+    }
+}
+
+/// Changes the subscription's state and tells its reader: a reader's wait is
+/// timed for the state it last saw (`retry_timeout` while pending, its idle
+/// clock once Redis answered), so every change must wake it.
+fn set_status(state: &mut State, sid: u64, status: Status) {
+    let Some(sub) = state.subs.get_mut(&sid) else { return };
+    if sub.status != status {
+        sub.status = status;
+        signal(state, sid);
     }
 }
 
@@ -425,6 +451,9 @@ fn run_fetcher(inner: &Arc<Inner>) {
             if state.closed {
                 break;
             }
+            if std::mem::take(&mut state.relink_query) && con.take().is_some() {
+                state.stats.reconnects += 1;
+            }
             state.fetch_queue.pop_front()
         };
         let result = (|| -> Result<(), RedisError> {
@@ -459,12 +488,11 @@ fn run_fetcher(inner: &Arc<Inner>) {
                     inner.queue_fetch(&mut state, sid);
                 } else {
                     // not a stream any more (WRONGTYPE): nothing to follow
-                    state.subs.get_mut(&sid).expect("present").status = Status::Gone;
-                    signal(&mut state, sid);
+                    set_status(&mut state, sid, Status::Gone);
                 }
             }
             if is_link(&err) {
-                con = None;
+                con = None; // a timeout may leave a reply half read: never reuse the link
                 state.stats.reconnects += 1;
                 drop(state);
                 std::thread::sleep(Duration::from_millis(50));
@@ -509,24 +537,24 @@ fn catch_up(inner: &Arc<Inner>, con: &mut Link, sid: u64) -> Result<(), RedisErr
         return Ok(());
     }
     sub.fetched_once = true;
+    let last = sub.last;
     if sub.status == Status::Pending {
-        sub.status = Status::Ok;
+        // Redis answered: the reader's wait, timed for the pending state
+        // (`retry_timeout`), goes back to its idle clock.
+        set_status(&mut state, sid, Status::Ok);
     }
     match top {
-        Some(None) => {
-            sub.status = Status::Missing;
-            signal(&mut state, sid);
-        }
-        Some(Some(top)) if top.order < sub.last => {
+        Some(None) => set_status(&mut state, sid, Status::Missing),
+        Some(Some(top)) if top.order < last => {
             // The cursor is past everything the stream holds: not the stream
             // the reader read (it was lost, then written again).
-            sub.status = Status::Gone;
-            signal(&mut state, sid);
+            set_status(&mut state, sid, Status::Gone);
             return Ok(());
         }
-        Some(Some(top)) if top.complete => {
-            sub.status = Status::Done; // complete, and the cursor is at its end
-            signal(&mut state, sid);
+        // Only at the cursor: a top past it arrived after the range read (the
+        // blocker gets it), and is no reason to end the read before it.
+        Some(Some(top)) if top.complete && top.order == last => {
+            set_status(&mut state, sid, Status::Done); // complete, and the cursor is at its end
             return Ok(());
         }
         _ => {}
@@ -644,7 +672,8 @@ fn run_blocker(inner: &Inner, name: &str) {
         let result = (|| -> Result<(), RedisError> {
             if con.is_none() {
                 let node = inner.lock().groups.get(name).and_then(|g| g.node.clone());
-                let (mut c, node) = inner.target.connect_node(node.as_deref(), attempt, opts.connect_timeout, None)?;
+                let timeout = Some(blocker_read_timeout(opts));
+                let (mut c, node) = inner.target.connect_node(node.as_deref(), attempt, opts.connect_timeout, timeout)?;
                 let id = learn_unblock(inner, &mut c)?;
                 if let Some(group) = inner.lock().groups.get_mut(name) {
                     (group.client_id, group.node) = (Some(id), node);
@@ -676,7 +705,7 @@ fn run_blocker(inner: &Inner, name: &str) {
             deliver(inner, name, &reply);
             if Instant::now() >= next_check {
                 next_check = Instant::now() + opts.check_interval;
-                check_exists(inner, name, c)?;
+                check_streams(inner, name, c)?;
             }
             Ok(())
         })();
@@ -698,8 +727,12 @@ fn run_blocker(inner: &Inner, name: &str) {
             Some((false, _)) => migrating(inner, name), // ASK: keys are moving
             None if err.code() == Some("TRYAGAIN") => migrating(inner, name),
             None if is_link(&err) => {
+                if err.is_timeout() {
+                    // Silent, not closed: the fetcher's link likely is too.
+                    inner.lock().relink_query = true;
+                }
                 inner.link_failed();
-                con = None;
+                con = None; // never reused after a timeout: a late reply would pass for the next one
                 forget_node(None); // after a failover, any live node redirects to the owner
                 attempt += 1;
                 inner.count(|s| s.reconnects += 1);
@@ -728,6 +761,14 @@ fn migrating(inner: &Inner, name: &str) {
         }
     }
     std::thread::sleep(MIGRATING_POLL);
+}
+
+/// The blocker link's read timeout: the longest block it may ask for, plus
+/// `LIVENESS_MARGIN` (15 s with the defaults: `check_interval` 10 s). Fixed
+/// per link, so that the commands before its first block are bounded too.
+fn blocker_read_timeout(opts: &Options) -> Duration {
+    let longest = opts.block_ms.unwrap_or_else(|| (opts.check_interval.as_millis() as u64).max(SHORT_BLOCK_MS));
+    Duration::from_millis(longest).saturating_add(LIVENESS_MARGIN)
 }
 
 fn block_time(inner: &Inner) -> u64 {
@@ -776,8 +817,10 @@ fn deliver(inner: &Inner, name: &str, reply: &Value) {
     }
 }
 
-/// Notices streams that expired while followed (expiry does not wake XREAD).
-fn check_exists(inner: &Inner, name: &str, con: &mut Connection) -> Result<(), RedisError> {
+/// Notices followed streams that expired (expiry does not wake `XREAD`) or
+/// were lost and written again below a reader's cursor (new entries there do
+/// not wake it either): one read-only script call per check (`tops.lua`).
+fn check_streams(inner: &Inner, name: &str, con: &mut Connection) -> Result<(), RedisError> {
     let keys: Vec<String> = {
         let state = inner.lock();
         let Some(group) = state.groups.get(name) else { return Ok(()) };
@@ -796,24 +839,18 @@ fn check_exists(inner: &Inner, name: &str, con: &mut Connection) -> Result<(), R
         return Ok(());
     }
     inner.count(|s| s.checks += 1);
-    let present: usize = redis::cmd("EXISTS").arg(&keys).query(con)?;
-    if present == keys.len() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
+    let mut call = TOPS_SCRIPT.prepare_invoke();
     for key in &keys {
-        pipe.cmd("EXISTS").arg(key);
+        call.key(key);
     }
-    let each: Vec<usize> = pipe.query(con)?;
+    let tops: Vec<String> = call.invoke(con)?;
     let mut state = inner.lock();
-    for (key, n) in keys.iter().zip(each) {
-        if n > 0 {
-            continue;
-        }
+    for (key, top) in keys.iter().zip(tops) {
+        let top = (!top.is_empty()).then(|| parse_id(&top));
         for sid in state.by_key.get(key).cloned().unwrap_or_default() {
-            if let Some(sub) = state.subs.get_mut(&sid).filter(|s| s.status == Status::Ok) {
-                sub.status = Status::Gone;
-                signal(&mut state, sid);
+            let Some(sub) = state.subs.get(&sid).filter(|s| s.status == Status::Ok) else { continue };
+            if top.is_none_or(|top| top < sub.last) {
+                set_status(&mut state, sid, Status::Gone);
             }
         }
     }

@@ -7,18 +7,25 @@ hub's, on two threads:
 * the **fetcher** (query connection) catches a subscription up with
   ``XRANGE (last +`` (O(log n) for ``0-<seq>`` IDs), only as far as the
   subscription's queue has room, then hands it to the blocker ("live");
-* a **blocker** (a dedicated connection, no read timeout) waits on every
-  watched key of its group at once with one ``XREAD BLOCK`` and fans entries
-  out to the live subscriptions of each key.  One server has one group; a
-  cluster has one per slot group (hash tag), because one ``XREAD`` may only
-  name keys of one slot, each blocking on the slot's owner and following
-  MOVED there.
+* a **blocker** (a dedicated connection) waits on every watched key of its
+  group at once with one ``XREAD BLOCK`` and fans entries out to the live
+  subscriptions of each key.  One server has one group; a cluster has one per
+  slot group (hash tag), because one ``XREAD`` may only name keys of one
+  slot, each blocking on the slot's owner and following MOVED there.
 
 A slow reader whose queue is full stops being live: it is fed by the fetcher
 again as it drains (notify-then-fetch), so it never makes the hub buffer
 without bound nor delays anyone else.  A new key restarts the blocking read at
 once with ``CLIENT UNBLOCK`` where the ACL allows it, and within ``block_ms``
 (short) where it does not.
+
+Liveness: a link can go silent (no FIN, no RST: a NAT entry dropped, a VIP
+moved) behind a middlebox that keeps ACKing, so TCP cannot tell.  The
+blocker's reads time out at its longest block plus ``LIVENESS_MARGIN``: a
+reply that late means the link is dead, and it reconnects and reads on from
+the positions it keeps.  The fetcher's reads time out at ``socket_timeout``,
+and it drops its link too when the blocker found its own silent (same route,
+likely the same fate).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import os
 import threading
 import time
 from collections import deque
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import redis
 
@@ -38,13 +48,33 @@ from .links import LINK_ERRORS
 PENDING, OK, MISSING, DONE, GONE, DOWN = "pending", "ok", "missing", "done", "gone", "down"
 MIGRATING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)
 XREAD_COUNT = 1000
+TOPS_SCRIPT = resources.files("sse_redis").joinpath("tops.lua").read_text()
 SHORT_BLOCK_MS = 250  # without CLIENT UNBLOCK a new key waits at most this long
 MIGRATING_POLL = 0.02  # while a slot migrates, its keys are read by the fetcher this often
+LIVENESS_MARGIN = 5.0  # a blocking read's reply this late (past its block time) means a dead link
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def with_socket_timeout(url: str, seconds: float) -> str:
+    """``url`` whose connections give up a read after ``seconds``: redis-py
+    takes ``socket_timeout`` from the query (``links.connect_node`` has no
+    parameter for it); ours replaces any the URL had."""
+    rest, mark, fragment = url.partition("#")
+    base, _, query = rest.partition("?")  # as urlsplit does; it would also drop unix:///'s "//"
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "socket_timeout"]
+    return f"{base}?{urlencode([*pairs, ('socket_timeout', repr(seconds))])}{mark}{fragment}"
+
+
+def drop_connections(client: links.Client) -> None:
+    """Close every connection of ``client``; its next command makes a new one."""
+    if isinstance(client, redis.Redis):
+        client.connection_pool.disconnect()
+    else:
+        client.disconnect_connection_pools()
 
 
 def to_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, int, str, bool, bool]:
@@ -127,6 +157,7 @@ class ReaderHub:
         self._check_interval = check_interval
         self._retry_timeout = retry_timeout
         self._down_since: float | None = None  # when Redis stopped answering
+        self._tops: Any = None  # tops.lua, registered on first use
         self._connect_timeout = connect_timeout
         self._cluster = cluster
         self._query = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
@@ -140,6 +171,9 @@ class ReaderHub:
         self._wakers: dict[int, _Waker] = {}
         self._next_id = 1
         self._unblock_wanted = False
+        # A blocker found its link silent: the fetcher's link, on the same
+        # route, is remade before its next command rather than waited out.
+        self._relink_query = False
         self._can_unblock: bool | None = None  # learned by probing
         self._closed = False
         self._stats = {"xreads": 0, "fetches": 0, "unblocks": 0, "checks": 0, "reconnects": 0}
@@ -270,6 +304,14 @@ class ReaderHub:
             self._fetch_queue.append(sub)
             self._changed.notify_all()
 
+    def _set_status(self, sub: _Sub, status: str) -> None:
+        """Change the subscription's state and tell its reader: a reader's wait
+        is timed for the state it last saw (``retry_timeout`` while pending,
+        its idle clock once Redis answered), so every change must wake it."""
+        if sub.status != status:
+            sub.status = status
+            self._signal(sub)
+
     def _signal(self, sub: _Sub) -> None:
         """Tell the subscription's reader there is something to poll."""
         sub.cond.notify_all()
@@ -296,7 +338,7 @@ class ReaderHub:
         sub.last = parse_id(fresh[-1][0])
         if sub.status in (MISSING, PENDING):
             sub.status = OK
-        self._signal(sub)
+        self._signal(sub)  # the entries, and the state change if any
         return True
 
     # -- the fetcher thread ------------------------------------------------------
@@ -308,7 +350,11 @@ class ReaderHub:
                     self._changed.wait()
                 if self._closed:
                     break
+                relink, self._relink_query = self._relink_query, False
                 sub = self._fetch_queue.popleft() if self._fetch_queue else None
+            if relink:
+                self._count("reconnects")
+                drop_connections(self._query)
             try:
                 if sub is not None:
                     self._catch_up(sub)
@@ -320,6 +366,8 @@ class ReaderHub:
                     self._unblock()
                 self._link_ok()
             except LINK_ERRORS:
+                # redis-py has dropped the connection (a timeout may leave a
+                # reply half read): the next command makes a new one.
                 self._count("reconnects")
                 self._link_failed()
                 if sub is not None:
@@ -331,8 +379,7 @@ class ReaderHub:
                 if sub is not None:
                     with self._lock:
                         sub.fetching = False
-                        sub.status = GONE  # not a stream any more (WRONGTYPE): nothing to follow
-                        self._signal(sub)
+                        self._set_status(sub, GONE)  # not a stream any more (WRONGTYPE): nothing to follow
 
         # Let blocked XREADs go now rather than at their timeout.
         with self._lock:
@@ -363,20 +410,21 @@ class ReaderHub:
                 return
             sub.fetched_once = True
             if sub.status == PENDING:
-                sub.status = OK
+                # Redis answered: the reader's wait, timed for the pending
+                # state (retry_timeout), goes back to its idle clock.
+                self._set_status(sub, OK)
             if first and not raw:
                 if top is None:
-                    sub.status = MISSING
-                    self._signal(sub)
+                    self._set_status(sub, MISSING)
                 elif parse_id(top[0]) < sub.last:
                     # The cursor is past everything the stream holds: not the
                     # stream the reader read (it was lost, then written again).
-                    sub.status = GONE
-                    self._signal(sub)
+                    self._set_status(sub, GONE)
                     return
-                elif top[3]:
-                    sub.status = DONE  # complete, and the cursor is at its end
-                    self._signal(sub)
+                elif top[3] and parse_id(top[0]) == sub.last:
+                    # Only at the cursor: a top past it arrived after the range
+                    # read (the blocker gets it), and is no reason to end the read.
+                    self._set_status(sub, DONE)  # complete, and the cursor is at its end
                     return
             entries = [to_entry(i, f) for i, f in raw]
             if not self._push(sub, entries):
@@ -460,7 +508,8 @@ class ReaderHub:
                     if node is None and self._cluster:
                         nodes = links.known_nodes(self._query)
                         node = nodes[attempt % len(nodes)] if nodes else None
-                    client = links.connect_node(self._url, node, self._connect_timeout)
+                    url = with_socket_timeout(self._url, self._blocker_read_timeout())
+                    client = links.connect_node(url, node, self._connect_timeout)
                     client_id = self._learn_unblock(client)
                     with self._lock:
                         group.client_id, group.node = client_id, node
@@ -478,7 +527,7 @@ class ReaderHub:
                     self._deliver(group, reply)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self._check_interval
-                    self._check_exists(group, client)
+                    self._check_streams(group, client)
                 delay = 0.01
                 self._link_ok()
             except redis.exceptions.MovedError as exc:
@@ -487,10 +536,13 @@ class ReaderHub:
                     group.client_id, group.node = None, links.redirect(exc)[1]  # type: ignore[index]
             except MIGRATING:
                 self._migrating(group)
-            except LINK_ERRORS:
+            except LINK_ERRORS as exc:
+                # Never reused after a timeout: a late reply would pass for the next one.
                 client = self._drop(client)
                 with self._lock:
                     group.client_id, group.node = None, None  # any live node redirects to the owner
+                    if isinstance(exc, redis.TimeoutError):
+                        self._relink_query = True  # silent, not closed: the fetcher's link likely is too
                 attempt += 1
                 self._count("reconnects")
                 self._link_failed()
@@ -516,6 +568,14 @@ class ReaderHub:
                         sub.live = False
                         self._queue_fetch(sub)
         time.sleep(MIGRATING_POLL)
+
+    def _blocker_read_timeout(self) -> float:
+        """The blocker link's read timeout: the longest block it may ask for,
+        plus ``LIVENESS_MARGIN`` (15 s with the defaults: ``check_interval``
+        10 s).  Fixed per link, so that the commands before its first block
+        are bounded too."""
+        longest = self._block_ms if self._block_ms is not None else max(self._check_interval * 1000, SHORT_BLOCK_MS)
+        return longest / 1000 + LIVENESS_MARGIN
 
     def _block_time(self) -> int:
         if self._block_ms is not None:
@@ -549,25 +609,24 @@ class ReaderHub:
                         sub.live = False  # a slow reader: the fetcher feeds it as it drains
                         self._queue_fetch(sub)
 
-    def _check_exists(self, group: _Group, client: redis.Redis) -> None:
-        """Notice streams that expired while followed (expiry does not wake XREAD)."""
+    def _check_streams(self, group: _Group, client: redis.Redis) -> None:
+        """Notice followed streams that expired (expiry does not wake XREAD) or
+        were lost and written again below a reader's cursor (new entries there
+        do not wake it either): one read-only script call per check (tops.lua)."""
         with self._lock:
             keys = [k for k in group.keys if any(s.status == OK for s in self._by_key.get(k, ()))]
         if not keys:
             return
         self._count("checks")
-        if client.exists(*keys) == len(keys):
-            return
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.exists(key)
-        gone = [k for k, n in zip(keys, pipe.execute()) if not n]
+        if self._tops is None:
+            self._tops = client.register_script(TOPS_SCRIPT)  # EVALSHA, loaded again on NOSCRIPT
+        tops = self._tops(keys=keys, client=client)
         with self._lock:
-            for key in gone:
+            for key, top in zip(keys, tops):
+                newest = parse_id(top.decode()) if top else None
                 for sub in self._by_key.get(key, ()):
-                    if sub.status == OK:
-                        sub.status = GONE
-                        self._signal(sub)
+                    if sub.status == OK and (newest is None or newest < sub.last):
+                        self._set_status(sub, GONE)
 
     def _link_ok(self) -> None:
         self._down_since = None
@@ -580,9 +639,7 @@ class ReaderHub:
                 self._down_since = now
             elif now - self._down_since > self._retry_timeout:
                 for sub in self._subs.values():
-                    if sub.status != DOWN:
-                        sub.status = DOWN
-                        self._signal(sub)
+                    self._set_status(sub, DOWN)
 
     def _count(self, name: str) -> None:
         with self._lock:
