@@ -256,11 +256,12 @@ def test_engine_owned_settings_stay_the_engines() -> None:
 # ------------------------------------------------------------------ keepalive
 
 
-def _tcp_sockets_to(port: int) -> list[socket.socket]:
-    """This process's TCP sockets connected to ``127.0.0.1:port`` (dups of
-    the live fds, Rust's included: they are all this process's)."""
+def _tcp_sockets_to(port: int, besides: set[int] = frozenset()) -> list[socket.socket]:  # type: ignore[assignment]
+    """This process's TCP sockets connected to ``127.0.0.1:port`` but for the
+    fds ``besides`` (dups of the live fds, Rust's included: they are all this
+    process's)."""
     found = []
-    for fd in map(int, os.listdir("/proc/self/fd")):
+    for fd in set(map(int, os.listdir("/proc/self/fd"))) - besides:
         try:
             if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
                 continue
@@ -297,6 +298,30 @@ def test_every_link_has_keepalive_with_short_timers(backend: str, dedicated_serv
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 2
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+    finally:
+        for sock in sockets:
+            sock.close()
+        writer.complete(run)
+        list(follow)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="Linux keepalive timers")
+def test_cluster_links_have_keepalive(backend: str, valkey_cluster, make_writer, open_reader) -> None:
+    """The cluster client's node connections too (Rust: ClusterClientBuilder::tcp_settings)."""
+    url, ports = valkey_cluster.seed_url, [node.port for node in valkey_cluster.nodes]
+    before = set(map(int, os.listdir("/proc/self/fd")))  # the fixture's own clients
+    writer, reader = make_writer(url, cluster=True), open_reader(url, cluster=True)
+    run = f"conn-{uuid.uuid4().hex}"
+    follow = reader.read(run, missing_timeout=10)
+    writer.write(run, "data: a\n\n")
+    assert next(follow).startswith("data: a")
+    sockets = [sock for port in ports for sock in _tcp_sockets_to(port, before)]
+    try:
+        assert len(sockets) >= 3, len(sockets)
+        for sock in sockets:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
     finally:
         for sock in sockets:

@@ -57,7 +57,7 @@ CANONICAL = frozenset({
 
 # Query parameters whose values are secrets, in any spelling a user may try.
 _SECRET_PARAM = re.compile(r"pass|secret|token|auth", re.IGNORECASE)
-_HOST_PORT = re.compile(r"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(?::\d*)?")
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(?::\d+)?")
 
 
 class Target(str):
@@ -294,12 +294,11 @@ _NO_DEFAULT = object()
 
 
 def _unknown_parameter(name: str, url: str) -> str:
-    # Named only where redact shows it: in a malformed URL it may be a piece
-    # of a raw password.
-    shown = redact(url)
-    if f"?{name}=" in shown or f"&{name}=" in shown:
-        return f"unknown Redis URL parameter {name!r} in {shown!r}"
-    return f"an unknown Redis URL parameter in {shown!r}"
+    # Named only when the URL holds no password at all: in a malformed URL
+    # the name may be a piece of a raw one.
+    if "@" not in url and not _SECRET_PARAM.search(url):
+        return f"unknown Redis URL parameter {name!r} in {redact(url)!r}"
+    return f"an unknown Redis URL parameter in {redact(url)!r}"
 
 
 def _same(value: Any, default: Any) -> bool:
@@ -434,9 +433,10 @@ def _positions(text: str, char: str) -> list[int]:
 
 
 def _redact_query(rest: str) -> str:
-    """Hides secret query values; after one, everything but the parameters a
-    connection knows goes too (a raw ``&`` or ``#`` in the secret would
-    otherwise show its tail), and so does any fragment but ``#insecure``."""
+    """Hides secret query values, and every parameter a connection does not
+    know (a raw ``&`` or ``?`` in a password makes pieces of it look like
+    parameters); after a secret, the fragment goes too (a raw ``#`` in it),
+    and any fragment but ``#insecure`` always."""
     body, hash_, fragment = rest.partition("#")
     base, question, query = body.partition("?")
     if not question:
@@ -448,11 +448,10 @@ def _redact_query(rest: str) -> str:
         if _SECRET_PARAM.search(name):
             shown.append(f"{name}=***")
             hiding = True
-        elif hiding and (not equals or unquote(name) not in known):
-            if shown[-1] != "***":
-                shown.append("***")
-        else:
+        elif equals and unquote(name) in known:
             shown.append(segment)
+        elif not shown or shown[-1] != "***":
+            shown.append("***")  # an unknown name may be a piece of a raw password
     if hiding and hash_:
         fragment, hash_ = "", ""
     tail = "#insecure" if fragment == "insecure" else ("#***" if hash_ else "")

@@ -116,15 +116,18 @@ def number_connections(client: redis.Redis) -> None:
     pool.connection_class = Numbered
 
 
-def connect_node(url: str, node: str | None, connect_timeout: float) -> redis.Redis:
-    """One connection, no read timeout, for blocking reads: to ``url``'s server,
-    or to the cluster node ``node`` (``host:port``) with ``url``'s credentials."""
+def connect_node(
+    url: str, node: str | None, connect_timeout: float, socket_timeout: float | None = None
+) -> redis.Redis:
+    """One connection for blocking reads (no read timeout unless
+    ``socket_timeout``): to ``url``'s server, or to the cluster node ``node``
+    (``host:port``) with ``url``'s credentials and client settings."""
     settings = _settings(url)
     if node is not None:
         parts = urlsplit(url)
         auth = parts.netloc.rpartition("@")[0]
         url = urlunsplit(parts._replace(netloc=f"{auth}@{node}" if auth else node))
-    return _server(url, connect_timeout, None, settings, single_connection_client=True)
+    return _server(url, connect_timeout, socket_timeout, settings, single_connection_client=True)
 
 
 def known_nodes(client: Client) -> list[str]:
