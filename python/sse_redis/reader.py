@@ -176,7 +176,7 @@ class StreamReader:
             check_interval=check_interval,
             retry_timeout=retry_timeout,
         )
-        self._url, self.cluster = resolve_target(redis, cluster)
+        self._url, self.cluster = resolve_target(redis, cluster, backend)
         self._key = _keys.resolve(keys, cluster=self.cluster)
         self._module = _backend.module(backend)
         self.backend = backend or _backend.BACKEND

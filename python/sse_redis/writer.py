@@ -89,7 +89,7 @@ class StreamWriter:
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
         )
-        self._url, self.cluster = resolve_target(redis, cluster)
+        self._url, self.cluster = resolve_target(redis, cluster, backend)
         self._key = _keys.resolve(keys, cluster=self.cluster)
         self._module = _backend.module(backend)
         self.backend = backend or _backend.BACKEND
