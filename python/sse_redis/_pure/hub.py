@@ -36,7 +36,6 @@ import time
 from collections import deque
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import redis
 
@@ -57,16 +56,6 @@ LIVENESS_MARGIN = 5.0  # a blocking read's reply this late (past its block time)
 def parse_id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def with_socket_timeout(url: str, seconds: float) -> str:
-    """``url`` whose connections give up a read after ``seconds``: redis-py
-    takes ``socket_timeout`` from the query (``links.connect_node`` has no
-    parameter for it); ours replaces any the URL had."""
-    rest, mark, fragment = url.partition("#")
-    base, _, query = rest.partition("?")  # as urlsplit does; it would also drop unix:///'s "//"
-    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "socket_timeout"]
-    return f"{base}?{urlencode([*pairs, ('socket_timeout', repr(seconds))])}{mark}{fragment}"
 
 
 def drop_connections(client: links.Client) -> None:
@@ -508,8 +497,8 @@ class ReaderHub:
                     if node is None and self._cluster:
                         nodes = links.known_nodes(self._query)
                         node = nodes[attempt % len(nodes)] if nodes else None
-                    url = with_socket_timeout(self._url, self._blocker_read_timeout())
-                    client = links.connect_node(url, node, self._connect_timeout)
+                    timeout = self._blocker_read_timeout()
+                    client = links.connect_node(self._url, node, self._connect_timeout, timeout)
                     client_id = self._learn_unblock(client)
                     with self._lock:
                         group.client_id, group.node = client_id, node
