@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from sse_redis import _core, _pure
-from sse_redis._corpus import llm_run_chunks
+from sse_redis.tools.corpus import llm_run_chunks
 
 CORPUS = llm_run_chunks()
 RUN_ID = "run-6b1c2f0e-8d44-4c1a-9a0e-3f5d7c2b9e11"

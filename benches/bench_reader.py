@@ -19,7 +19,7 @@ by side against one dedicated Valkey.
   (``starting_after=9999``) vs its first chunk (from 0, then stop): one fresh
   sync read per round, rounds back to back; the ratio is tail / head.
 * many readers: 100 streams x 100 async readers each in a fresh interpreter
-  (``python -m sse_redis._bench many-readers``); each reader must get all 11
+  (``python -m sse_redis.tools.measure many-readers``); each reader must get all 11
   chunks (10 + terminal); resident memory growth per waiting reader.
 """
 
@@ -32,8 +32,8 @@ import sys
 import pytest
 
 from sse_redis import AsyncStreamReader, StreamReader, StreamWriter
-from sse_redis._bench import ServerProbe, delivery_latency, idle_cost, percentiles
-from sse_redis._corpus import llm_run_chunks
+from sse_redis.tools.measure import ServerProbe, delivery_latency, idle_cost, percentiles
+from sse_redis.tools.corpus import llm_run_chunks
 
 from _reference import ReferenceReader, ReferenceWriter, SyncReferenceReader
 
@@ -183,7 +183,7 @@ def test_many_readers(benchmark, server, redis_client, way):
 
     def run() -> dict:
         out = subprocess.run(
-            [sys.executable, "-m", "sse_redis._bench", "many-readers", server.url, way],
+            [sys.executable, "-m", "sse_redis.tools.measure", "many-readers", server.url, way],
             capture_output=True, text=True, timeout=600,
         )
         assert out.returncode == 0, out.stderr[-2000:]

@@ -30,8 +30,8 @@ import pytest
 import redis
 
 from sse_redis import StreamWriter
-from sse_redis._bench import percentiles, redis_benchmark_rps, write_latency, writer_throughput
-from sse_redis._corpus import llm_run_chunks
+from sse_redis.tools.measure import percentiles, redis_benchmark_rps, write_latency, writer_throughput
+from sse_redis.tools.corpus import llm_run_chunks
 
 from _reference import AsyncReferenceWriter, ReferenceWriter
 

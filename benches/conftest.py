@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from sse_redis._embedded import RedisProcess, ServerError, valkey_binary
+from sse_redis.tools.servers import RedisProcess, ServerError, valkey_binary
 
 
 @pytest.fixture(scope="session")

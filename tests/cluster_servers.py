@@ -13,7 +13,7 @@ from typing import Callable
 
 import redis as redis_py
 
-from sse_redis._embedded import RedisProcess, ServerError, free_port, valkey_binary
+from sse_redis.tools.servers import RedisProcess, ServerError, free_port, valkey_binary
 
 SLOT_COUNT = 16384
 HOST = "127.0.0.1"

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from sse_redis._embedded import free_port
+from sse_redis.tools.servers import free_port
 
 __all__ = ["Served", "served", "serve_app"]
 

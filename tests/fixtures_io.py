@@ -30,7 +30,7 @@ from servers import (  # noqa: F401 (re-exported)
 
 from fault_proxy import FaultProxy
 from sse_redis import AsyncStreamWriter, StreamReader, StreamWriter
-from sse_redis._embedded import RedisProcess, valkey_binary
+from sse_redis.tools.servers import RedisProcess, valkey_binary
 
 __all__ = [
     "IO_BACKENDS",

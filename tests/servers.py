@@ -13,7 +13,7 @@ import pytest
 
 from cluster_servers import LocalCluster
 
-from sse_redis._embedded import RedisProcess, redis_binary, valkey_binary
+from sse_redis.tools.servers import RedisProcess, redis_binary, valkey_binary
 
 # CI installs every server; there a missing one is a failure, not a skip.
 _REQUIRE_ALL = os.environ.get("CI", "") not in ("", "0", "false")

@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from fixtures_http import Served, serve_app  # noqa: E402
-from sse_redis.example_app import create_app  # noqa: E402
+from sse_redis.tools.example_app import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHUNKS = 80

@@ -1,5 +1,5 @@
 """The ``sse-redis`` command: as a subprocess (``python -m sse_redis``), the
-way users run it, and in-process through ``sse_redis.cli.main`` where that
+way users run it, and in-process through ``sse_redis.tools.cli.main`` where that
 is enough.  Errors must be one line on stderr (a traceback only with
 ``--debug``); the demo must report nothing lost or repeated."""
 
@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from sse_redis import StreamWriter, __version__, cli
+from sse_redis import StreamWriter, __version__
+from sse_redis.tools import cli
 from sse_redis._pure import SSEParser
 
 SUBCOMMANDS = ["demo", "tail", "bench", "serve"]
@@ -244,9 +245,9 @@ def test_demo_unreachable_redis_is_one_line():
 
 
 def test_bench_never_tracebacks(monkeypatch, capsys):
-    """Without ``sse_redis.bench``: a one-line error.  With it: a failure of the
+    """Without ``sse_redis.tools.bench``: a one-line error.  With it: a failure of the
     benchmarks (forced here, so they never run in this suite) is one line too."""
-    if importlib.util.find_spec("sse_redis.bench") is None:
+    if importlib.util.find_spec("sse_redis.tools.bench") is None:
         result = sse_redis("bench", "--redis-url", UNREACHABLE)
         assert result.returncode != 0
         line = assert_one_line_error(result.stderr, "bench")
@@ -254,7 +255,7 @@ def test_bench_never_tracebacks(monkeypatch, capsys):
         assert cli.main(["bench", "--redis-url", UNREACHABLE]) != 0
         assert_one_line_error(capsys.readouterr().err, "bench")
     else:
-        import sse_redis.bench as bench
+        import sse_redis.tools.bench as bench
 
         def broken(*args: Any, **kwargs: Any) -> int:
             raise RuntimeError("benchmarks exploded")

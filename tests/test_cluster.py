@@ -290,7 +290,7 @@ def test_example_app_on_a_cluster(backend, valkey_cluster, served):
     pytest.importorskip("fastapi")
     import httpx
 
-    from sse_redis.example_app import create_app
+    from sse_redis.tools.example_app import create_app
 
     app = create_app(valkey_cluster.seed_url, backend=backend, cluster=True, chunks=20, token_delay=0.002)
     with httpx.Client(base_url=serve_app(served, app), timeout=30) as client:

@@ -20,7 +20,7 @@ from sse_redis import (
     StreamReader,
     StreamWriter,
 )
-from sse_redis._embedded import RedisProcess, redis_binary
+from sse_redis.tools.servers import RedisProcess, redis_binary
 
 PASSWORD = "s3cret-Pa55"
 

@@ -500,7 +500,7 @@ def test_until_unset_streams_to_done(app, redis_url, backend):
 @pytest.fixture
 def example(served: Served, redis_url: str, backend: str) -> Callable[..., httpx.Client]:
     pytest.importorskip("fastapi")
-    from sse_redis.example_app import create_app
+    from sse_redis.tools.example_app import create_app
 
     clients: list[httpx.Client] = []
 

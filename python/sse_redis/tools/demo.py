@@ -11,10 +11,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ._corpus import llm_run_chunks
-from .processor import process_stream
-from .reader import StreamReader
-from .writer import StreamWriter
+from ..processor import process_stream
+from ..reader import StreamReader
+from ..writer import StreamWriter
+from .corpus import llm_run_chunks
 
 
 @dataclass
@@ -66,8 +66,8 @@ def _check_reachable(redis_url: str) -> None:
     """Fail at once, in one line, when there is no Redis to demo on."""
     import redis
 
-    from .connection import redact
-    from .errors import RedisUnavailable
+    from ..connection import redact
+    from ..errors import RedisUnavailable
 
     try:
         redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3).ping()

@@ -2,7 +2,7 @@
 pure twin, side by side on one server, with a progress bar and a table
 (``--plot FILE.png`` also draws them; matplotlib is the ``[plot]`` extra).
 
-The measurements are ``_bench.py``'s, the same code ``benches/`` runs under
+The measurements are ``measure.py``'s, the same code ``benches/`` runs under
 pytest-benchmark; this is the quick way to see them on your own machine.
 """
 
@@ -14,11 +14,17 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import _backend
-from ._bench import ServerProbe, delivery_latency, percentiles, write_latency, writer_throughput
-from ._corpus import llm_run_chunks
-from .reader import AsyncStreamReader
-from .writer import StreamWriter
+from .. import _backend
+from ..reader import AsyncStreamReader
+from ..writer import StreamWriter
+from .corpus import llm_run_chunks
+from .measure import (
+    ServerProbe,
+    delivery_latency,
+    percentiles,
+    write_latency,
+    writer_throughput,
+)
 
 
 @dataclass

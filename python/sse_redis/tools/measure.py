@@ -13,7 +13,7 @@ in one process.  They take anything shaped like the library's faces
 the library's two backends and a re-implementation of another approach run
 through the very same code.
 
-``python -m sse_redis._bench many-readers URL BACKEND`` runs the many-readers
+``python -m sse_redis.tools.measure many-readers URL BACKEND`` runs the many-readers
 scenario in a fresh interpreter (so its memory figure starts clean) and
 prints the result as JSON.
 """
@@ -428,8 +428,8 @@ def many_readers(
     before the readers were created (writer and reader hub already warm) to
     that waiting point, divided by their number.  A reader keeps no chunk.
     ``connections`` counts those the reader opened (the writer's left out)."""
-    from .reader import AsyncStreamReader
-    from .writer import StreamWriter
+    from ..reader import AsyncStreamReader
+    from ..writer import StreamWriter
 
     prefix = f"many-{backend}-{time.time_ns()}"
     runs = [f"{prefix}-{s}" for s in range(streams)]
@@ -525,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         options = {k: int(v) for k, v in (a.split("=", 1) for a in args[3:])}
         print(json.dumps(many_readers(args[1], args[2], **options)))
         return
-    sys.exit("usage: python -m sse_redis._bench many-readers URL rust|python [streams=N per_stream=N chunks=N]")
+    sys.exit("usage: python -m sse_redis.tools.measure many-readers URL rust|python [streams=N per_stream=N chunks=N]")
 
 
 if __name__ == "__main__":

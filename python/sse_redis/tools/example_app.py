@@ -8,7 +8,9 @@ background and streams them to browsers, resumably.
 
 Readers need the run's token (``?token=``, since EventSource cannot set
 headers): ``authorize`` shows where your own access control goes.
-Run it with ``sse-redis serve`` or ``uvicorn examples.app:app``.
+Run it with ``sse-redis serve`` (an embedded Valkey, or ``--redis-url``), or
+on your own Redis with
+``SSE_REDIS_URL=redis://localhost:6379/0 uvicorn --factory sse_redis.tools.example_app:app_from_env``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import uuid
 from importlib import resources
@@ -25,11 +28,11 @@ from typing import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ._corpus import llm_run_chunks
-from .processor import aprocess_stream
-from .reader import AsyncStreamReader
-from .starlette import stream_run
-from .writer import AsyncStreamWriter
+from ..processor import aprocess_stream
+from ..reader import AsyncStreamReader
+from ..starlette import stream_run
+from ..writer import AsyncStreamWriter
+from .corpus import llm_run_chunks
 
 
 def create_app(
@@ -74,7 +77,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        return resources.files("sse_redis").joinpath("web/index.html").read_text()
+        return resources.files("sse_redis.tools").joinpath("web/index.html").read_text()
 
     @app.post("/runs")
     async def start_run() -> JSONResponse:
@@ -118,3 +121,8 @@ def create_app(
         return JSONResponse({"dropped": len(open_streams)})
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """``create_app`` on ``$SSE_REDIS_URL`` (default: local 6379), for ``uvicorn --factory``."""
+    return create_app(os.environ.get("SSE_REDIS_URL", "redis://127.0.0.1:6379/0"))

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Iterator, Sequence
 
-from . import _backend
+from .. import _backend
 
 
 class CommandError(Exception):
@@ -29,7 +29,7 @@ def redis_for(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from ._embedded import RedisProcess, ServerError, valkey_binary
+    from .servers import RedisProcess, ServerError, valkey_binary
 
     try:
         server = RedisProcess(valkey_binary()).start()
@@ -47,7 +47,7 @@ def _sigterm_exits() -> Iterator[None]:
     """SIGTERM ends the command like Ctrl-C does, through its cleanup (the
     default action kills at once; uvicorn re-raises the SIGTERM it caught once
     it has shut down). The embedded server also dies with this process on
-    Linux whatever ends it (see ``_embedded``); this removes its data too."""
+    Linux whatever ends it (see ``servers``); this removes its data too."""
 
     def leave(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from .reader import StreamReader
+    from ..reader import StreamReader
 
     reader = StreamReader(
         args.redis_url or "redis://127.0.0.1:6379/0",
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

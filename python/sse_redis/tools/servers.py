@@ -9,13 +9,12 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
