@@ -444,8 +444,6 @@ def test_oversized_chunk_fails_only_its_own_run(backend, dedicated_server, make_
     assert bad_entries[-1][1].get("broken") == "true" and bad_entries[-1][1]["complete"] == "true"
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="README documents max_chunk_bytes (refused at write); StreamWriter has no such option")
 def test_max_chunk_bytes_refuses_at_write(backend, redis_url, make_writer, plain_client, run_id):
     """The README: "``max_chunk_bytes`` refuses bigger chunks at ``write``",
     and issue 10: an oversized chunk fails only its own run "whatever

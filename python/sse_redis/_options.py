@@ -79,6 +79,7 @@ class WriterOptions:
     connect_timeout: float
     wait_replicas: int
     wait_timeout: float
+    max_chunk_bytes: int | None  # None: no limit of ours (the server's still holds)
 
     @classmethod
     def checked(
@@ -94,6 +95,7 @@ class WriterOptions:
         connect_timeout: Any,
         wait_replicas: Any,
         wait_timeout: Any,
+        max_chunk_bytes: Any,
     ) -> "WriterOptions":
         return cls(
             flush_interval=seconds("flush_interval", flush_interval, zero=False),
@@ -106,6 +108,7 @@ class WriterOptions:
             connect_timeout=seconds("connect_timeout", connect_timeout, zero=False),
             wait_replicas=count("wait_replicas", wait_replicas, minimum=0),
             wait_timeout=seconds("wait_timeout", wait_timeout, zero=False),
+            max_chunk_bytes=optional_count("max_chunk_bytes", max_chunk_bytes),
         )
 
     def engine(self, cluster: bool) -> dict[str, Any]:

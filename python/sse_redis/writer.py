@@ -75,6 +75,7 @@ class StreamWriter:
         cluster: bool | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        max_chunk_bytes: int | None = 16 * 1024 * 1024,
         backend: str | None = None,
     ) -> None:
         self.options = WriterOptions.checked(
@@ -88,6 +89,7 @@ class StreamWriter:
             connect_timeout=connect_timeout,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
+            max_chunk_bytes=max_chunk_bytes,
         )
         self._url, self.cluster = resolve_target(redis, cluster, backend)
         self._key = _keys.resolve(keys, cluster=self.cluster)
@@ -115,8 +117,12 @@ class StreamWriter:
         key = self._key(run_id)
         if not isinstance(chunk, str):
             raise TypeError(f"chunk must be a str, not {type(chunk).__name__}")
-        if not chunk.isascii():
-            chunk.encode("utf-8")  # refused now (UnicodeEncodeError), not in the sender thread
+        # Non-ASCII is encoded now so a lone surrogate is refused here
+        # (UnicodeEncodeError), not in the sender thread.
+        size = len(chunk) if chunk.isascii() else len(chunk.encode("utf-8"))
+        limit = self.options.max_chunk_bytes
+        if limit is not None and size > limit:
+            raise ValueError(f"chunk of {size} bytes for run {run_id!r} is over max_chunk_bytes ({limit})")
         if terminal is None:
             terminal = self._module.is_terminal(chunk)
         return key, terminal
