@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import redis
 import redis.asyncio
@@ -232,9 +232,7 @@ class ReferenceReader:
     MAX_CONNECTIONS = 10_000
 
     def __init__(self, url: str, *, poll_interval: float = 0.1, batch_size: int = 100) -> None:
-        self.client = redis.asyncio.Redis.from_url(
-            url, decode_responses=True, max_connections=self.MAX_CONNECTIONS
-        )
+        self.client = redis.asyncio.Redis.from_url(url, decode_responses=True, max_connections=self.MAX_CONNECTIONS)
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         # Not the reference's: a way out for the benchmark.  A task cancelled

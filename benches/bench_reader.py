@@ -31,11 +31,10 @@ import sys
 
 import pytest
 
-from sse_redis import AsyncStreamReader, StreamReader, StreamWriter
-from sse_redis.tools.measure import ServerProbe, delivery_latency, idle_cost, percentiles
-from sse_redis.tools.corpus import llm_run_chunks
-
 from _reference import ReferenceReader, ReferenceWriter, SyncReferenceReader
+from sse_redis import AsyncStreamReader, StreamReader, StreamWriter
+from sse_redis.tools.corpus import llm_run_chunks
+from sse_redis.tools.measure import ServerProbe, delivery_latency, idle_cost, percentiles
 
 CORPUS = llm_run_chunks(1000)
 # ~300 B, compact JSON with "run_id":null, so every reader has nulls to fill.
@@ -156,9 +155,11 @@ def test_resume(benchmark, server, resume_stream, way, position):
     try:
         got = read(reader, resume_stream)  # the hub's threads and connections start outside the timing
         if position == "head":
-            assert got.startswith("data: ") and "run_id" in got
+            assert got.startswith("data: ")
+            assert "run_id" in got
         else:
-            assert len(got) == 1 and got[0].startswith("data: [DONE]")
+            assert len(got) == 1
+            assert got[0].startswith("data: [DONE]")
         benchmark.pedantic(read, args=(reader, resume_stream), rounds=RESUME_ROUNDS[way])
     finally:
         reader.close()
@@ -184,7 +185,9 @@ def test_many_readers(benchmark, server, redis_client, way):
     def run() -> dict:
         out = subprocess.run(
             [sys.executable, "-m", "sse_redis.tools.measure", "many-readers", server.url, way],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])

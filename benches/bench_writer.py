@@ -29,11 +29,10 @@ import time
 import pytest
 import redis
 
-from sse_redis import StreamWriter
-from sse_redis.tools.measure import percentiles, redis_benchmark_rps, write_latency, writer_throughput
-from sse_redis.tools.corpus import llm_run_chunks
-
 from _reference import AsyncReferenceWriter, ReferenceWriter
+from sse_redis import StreamWriter
+from sse_redis.tools.corpus import llm_run_chunks
+from sse_redis.tools.measure import percentiles, redis_benchmark_rps, write_latency, writer_throughput
 
 RUNS, CHUNKS = 100, 1000
 CORPUS = llm_run_chunks(CHUNKS)
@@ -63,7 +62,7 @@ def make_writer(way: str, url: str):
     if way == "reference (sync)":
         return ReferenceWriter(url)
     writer = StreamWriter(url, backend=way)
-    writer.engine  # the engine and its thread start outside the timing
+    _ = writer.engine  # the engine and its thread start outside the timing
     return writer
 
 
@@ -74,6 +73,7 @@ def test_writer_throughput(benchmark, server, redis_client, way):
     slug = way.replace(" (sync)", "-sync")
 
     if way == "reference":
+
         def setup():
             redis_client.flushall()
             state["round"] += 1
@@ -156,8 +156,11 @@ class RawXadd:
     def write(self, run_id: str, chunk: str) -> int:
         self.seq += 1
         self.client.xadd(
-            "sse:run:" + run_id, {"seq_id": self.seq, "data": chunk, "timestamp": 1700000000000},
-            id=f"0-{self.seq}", maxlen=10000, approximate=True,
+            "sse:run:" + run_id,
+            {"seq_id": self.seq, "data": chunk, "timestamp": 1700000000000},
+            id=f"0-{self.seq}",
+            maxlen=10000,
+            approximate=True,
         )
         return self.seq
 

@@ -36,6 +36,7 @@ import os
 import random
 import re
 import sys
+from itertools import pairwise
 
 if __name__ == "__main__" and not {"--random", "--seeds"} & set(sys.argv):
     import atheris
@@ -56,21 +57,89 @@ U64 = 1 << 64
 # one of SPECIAL, 0xd0-0xfd a BMP character from two bytes, 0xfe any code point
 # from three bytes (lone surrogates included), 0xff ends the string.
 TOKENS = [
-    "data:", "data: ", "event:", "event: ", "id:", "id: ", "retry:", "retry: ",
-    "\r", "\n", "\r\n", "\n\n", "\r\r", "\r\n\r\n", ":", ": ",
-    '"run_id"', '"seq_id"', "null", '"run_id":null', '"seq_id": null', '"run_id" :\tnull', "nul", "nullx",
-    "[DONE]", "data: [DONE]", "error", "event: error", "stop_reason", '"stop_reason"', '"message_type"',
-    '"message_type":"stop_reason"', '"stop_reason":"end_turn"',
-    '{"message_type":"stop_reason","stop_reason":"x"}', "message_type",
-    '"', '\\"', "\\", "\\\\", "{", "}", "[", "]", ",", " ", "\t",
-    "id", "data", "Data:", "retry: 15", "retry: 18446744073709551615", "retry: 18446744073709551616",
-    "\0", "\ufeff", "\\u0000", "\\ud800", "\\ud83d\\ude00", "1e5", "-0.5", "true", "false",
-    '"a":', "{}", "[[[[",
+    "data:",
+    "data: ",
+    "event:",
+    "event: ",
+    "id:",
+    "id: ",
+    "retry:",
+    "retry: ",
+    "\r",
+    "\n",
+    "\r\n",
+    "\n\n",
+    "\r\r",
+    "\r\n\r\n",
+    ":",
+    ": ",
+    '"run_id"',
+    '"seq_id"',
+    "null",
+    '"run_id":null',
+    '"seq_id": null',
+    '"run_id" :\tnull',
+    "nul",
+    "nullx",
+    "[DONE]",
+    "data: [DONE]",
+    "error",
+    "event: error",
+    "stop_reason",
+    '"stop_reason"',
+    '"message_type"',
+    '"message_type":"stop_reason"',
+    '"stop_reason":"end_turn"',
+    '{"message_type":"stop_reason","stop_reason":"x"}',
+    "message_type",
+    '"',
+    '\\"',
+    "\\",
+    "\\\\",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    " ",
+    "\t",
+    "id",
+    "data",
+    "Data:",
+    "retry: 15",
+    "retry: 18446744073709551615",
+    "retry: 18446744073709551616",
+    "\0",
+    "\ufeff",
+    "\\u0000",
+    "\\ud800",
+    "\\ud83d\\ude00",
+    "1e5",
+    "-0.5",
+    "true",
+    "false",
+    '"a":',
+    "{}",
+    "[[[[",
 ]
 assert len(TOKENS) == 64, len(TOKENS)
 SPECIAL = [
-    "\ufeff", "é", "\u2028", "\u2029", "\x85", "\xa0", "😀", "\U0010ffff",
-    "\x7f", "\x0b", "\x0c", "\x1c", "\u3000", "\x01", "\x1f", "ÿ",
+    "\ufeff",
+    "é",
+    "\u2028",
+    "\u2029",
+    "\x85",
+    "\xa0",
+    "😀",
+    "\U0010ffff",
+    "\x7f",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\u3000",
+    "\x01",
+    "\x1f",
+    "ÿ",
 ]
 END = 0xFF
 
@@ -115,7 +184,7 @@ class Reader:
 class Case:
     """One decoded input: the text, the arguments, the cuts of the text."""
 
-    __slots__ = ("text", "run_id", "seq_id", "event_id", "event", "cuts", "text_arg")
+    __slots__ = ("cuts", "event", "event_id", "run_id", "seq_id", "text", "text_arg")
 
     def __repr__(self) -> str:
         return "Case(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
@@ -127,17 +196,41 @@ def decode(data: bytes) -> Case:
     case = Case()
     case.text = r.text()
     case.run_id = {
-        0: "R", 1: None, 2: None, 3: "", 4: 'q"\\\n\r\t\0\x01\x7f\u2028é😀', 5: 1, 6: "x\ud800", 7: b"R",
+        0: "R",
+        1: None,
+        2: None,
+        3: "",
+        4: 'q"\\\n\r\t\0\x01\x7f\u2028é😀',
+        5: 1,
+        6: "x\ud800",
+        7: b"R",
     }.get(run_mode % 16, "")
     if run_mode % 16 >= 8:
         case.run_id = r.text()
     case.seq_id = {
-        0: 7, 1: None, 2: None, 3: 0, 4: U64 - 1, 5: U64, 6: -1, 7: True, 8: 1.0, 9: "1",
+        0: 7,
+        1: None,
+        2: None,
+        3: 0,
+        4: U64 - 1,
+        5: U64,
+        6: -1,
+        7: True,
+        8: 1.0,
+        9: "1",
     }.get(seq_mode % 16)
     if seq_mode % 16 >= 10:
         case.seq_id = r.int(1 + seq_mode % 8)
     case.event_id = {
-        0: "E", 1: "", 2: "42", 3: "a\nb", 4: "\0", 5: "\r", 6: "x\udfff", 7: None, 8: 5,
+        0: "E",
+        1: "",
+        2: "42",
+        3: "a\nb",
+        4: "\0",
+        5: "\r",
+        6: "x\udfff",
+        7: None,
+        8: 5,
     }.get(id_mode % 16)
     if id_mode % 16 >= 9:
         case.event_id = r.text()  # may hold CR, LF or NUL: ValueError on both
@@ -156,14 +249,42 @@ def _tok(token: str) -> int:
 
 # random_input's building blocks, as input bytes.
 _NAMES = [_tok(t) for t in ("data:", "data: ", "data: ", "data: ", "event: ", "id: ", "id:", "retry: ", ": ")] + [
-    b"i"[0], _tok("Data:"), _tok("data"), _tok("id"),
+    b"i"[0],
+    _tok("Data:"),
+    _tok("data"),
+    _tok("id"),
 ]
 _VALUE = [_tok(t) for t in TOKENS if "\r" not in t and "\n" not in t] + list(b'"\\:{}[], \t0aZ')
-_JSON = [_tok(t) for t in (
-    '"run_id"', '"seq_id"', "null", '"run_id":null', '"seq_id": null', '"run_id" :\tnull', ":", ",", "{", "}",
-    '"message_type":"stop_reason"', '"stop_reason":"end_turn"', '"stop_reason"', '"a":', "[", "]", '"', "\\",
-    '\\"', "1e5", "true", "\\u0000", "\\ud800", "\\ud83d\\ude00", " ",
-)]
+_JSON = [
+    _tok(t)
+    for t in (
+        '"run_id"',
+        '"seq_id"',
+        "null",
+        '"run_id":null',
+        '"seq_id": null',
+        '"run_id" :\tnull',
+        ":",
+        ",",
+        "{",
+        "}",
+        '"message_type":"stop_reason"',
+        '"stop_reason":"end_turn"',
+        '"stop_reason"',
+        '"a":',
+        "[",
+        "]",
+        '"',
+        "\\",
+        '\\"',
+        "1e5",
+        "true",
+        "\\u0000",
+        "\\ud800",
+        "\\ud83d\\ude00",
+        " ",
+    )
+]
 _BREAKS = [_tok("\n")] * 6 + [_tok("\r\n"), _tok("\r"), _tok("\n\n"), _tok("\r\n\r\n")]
 
 
@@ -218,15 +339,13 @@ def ref_lines(text: str) -> list[tuple[int, str, str]]:
 def ref_field(line: str) -> tuple[str, str] | None:
     if not line or line[0] == ":":
         return None
-    name, colon, value = line.partition(":")
-    if value.startswith(" "):
-        value = value[1:]
+    name, _colon, value = line.partition(":")
+    value = value.removeprefix(" ")
     return name, value
 
 
 def ref_parse(stream: str) -> tuple[list[tuple], str]:
-    if stream.startswith("\ufeff"):
-        stream = stream[1:]
+    stream = stream.removeprefix("\ufeff")
     events, data, etype, last_id, retry = [], [], "", "", None
     for _, line, brk in ref_lines(stream):
         if not brk:
@@ -312,7 +431,7 @@ def ref_sniff_stop_reason(chunk: str) -> str | None:
     if "stop_reason" not in chunk:
         return None
     block: list[str] | None = None
-    for _, line, _ in ref_lines(chunk) + [(0, "", "")]:
+    for _, line, _ in [*ref_lines(chunk), (0, "", "")]:
         if not line:
             if block:
                 break
@@ -349,7 +468,7 @@ def ref_set_event_id(chunk: str, event_id: str) -> str:
     while first > 0 and lines[first - 1][1]:
         first -= 1
     head = chunk[: lines[first][0]]
-    kept = [(line, brk) for _, line, brk in lines[first : last + 1] if not (ref_field(line) or ("",))[0] == "id"]
+    kept = [(line, brk) for _, line, brk in lines[first : last + 1] if (ref_field(line) or ("",))[0] != "id"]
     body = "".join(line + brk for line, brk in kept)
     if last + 1 < len(lines):
         blank_start, _, blank_brk = lines[last + 1]
@@ -404,9 +523,9 @@ def faults(*args: tuple[object, str]) -> int:
             kind = kind[:-1]
         if kind == "u64":
             bad += type(value) is not int or not 0 <= value < U64
-        elif not isinstance(value, str) or not utf8_ok(value):
-            bad += 1
-        elif kind == "field" and any(c in value for c in "\r\n\0"):
+        elif (
+            not isinstance(value, str) or not utf8_ok(value) or (kind == "field" and any(c in value for c in "\r\n\0"))
+        ):
             bad += 1
     return bad
 
@@ -445,7 +564,7 @@ def check_parser(case: Case) -> None:
     text = case.text_arg
     if isinstance(text, str):
         bounds = [0, *case.cuts, len(text)]
-        pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+        pieces = [text[a:b] for a, b in pairwise(bounds)]
     else:
         pieces = [text]
     split = agree("SSEParser split", case, {n: parse_with(m, pieces) for n, m in BACKENDS})
@@ -454,7 +573,7 @@ def check_parser(case: Case) -> None:
         expect(split == whole, "SSEParser split != whole", case, (split, whole))
         events, last_id = whole[1], whole[2]
         expect((events, last_id) == ref_parse(text), "SSEParser vs docs", case, (events, last_id, ref_parse(text)))
-        for etype, data, eid, retry in events:
+        for etype, _data, _eid, retry in events:
             expect(etype != "" and (retry is None or 0 <= retry < U64), "SSEParser event", case, (etype, retry))
 
 

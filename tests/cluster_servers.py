@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import redis as redis_py
+from typing_extensions import Self
 
 from sse_redis.tools.servers import RedisProcess, ServerError, free_port, valkey_binary
 
@@ -92,12 +93,12 @@ class LocalCluster:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         began = time.monotonic()
         binary = self._binary or valkey_binary()
         node_count = self.master_count * (1 + self.replicas_per_master)
         free = _distinct_free_ports(2 * node_count)
-        bus_ports = dict(zip(free[:node_count], free[node_count:]))  # client port -> cluster bus port
+        bus_ports = dict(zip(free[:node_count], free[node_count:], strict=True))  # client port -> cluster bus port
         for port, bus_port in bus_ports.items():
             process = RedisProcess(binary, port=port, extra_args=self._node_args(bus_port))
             self._processes[port] = process
@@ -125,7 +126,7 @@ class LocalCluster:
             process.stop(kill=True)
             process.close()
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:
@@ -263,21 +264,30 @@ class LocalCluster:
 
     def _node_args(self, bus_port: int) -> tuple[str, ...]:
         return (
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
             # Fast failure detection, hence fast failover.
-            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
             # free_port() may return a port above 55535, whose default bus port (+10000) does not exist.
-            "--cluster-port", str(bus_port),
+            "--cluster-port",
+            str(bus_port),
             # Pin the address every view shows, rather than each node learning its own from peers.
-            "--cluster-announce-ip", HOST,
+            "--cluster-announce-ip",
+            HOST,
             # A replica may stand for election however long ago it heard from its master.
-            "--cluster-replica-validity-factor", "0",
+            "--cluster-replica-validity-factor",
+            "0",
             # Keep the topology as formed: no replica moves to a master left without one.
-            "--cluster-allow-replica-migration", "no",
+            "--cluster-allow-replica-migration",
+            "no",
             # Replicas sync at once instead of after the default 5 s wait for more replicas.
-            "--repl-diskless-sync-delay", "0",
-            "--appendonly", "no",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--appendonly",
+            "no",
         )
 
     def _assign_slots(self, master_ports: list[int]) -> None:
@@ -412,10 +422,12 @@ def _parse_cluster_nodes(text: str) -> list[_NodeLine]:
 def _normalized_slots(reply: list) -> tuple:
     """CLUSTER SLOTS as ``((first, last, master port, replica ports), ...)``,
     sorted, so two nodes' views compare equal when they agree."""
-    return tuple(sorted(
-        (first, last, master[1], tuple(sorted(replica[1] for replica in replicas)))
-        for first, last, master, *replicas in reply
-    ))
+    return tuple(
+        sorted(
+            (first, last, master[1], tuple(sorted(replica[1] for replica in replicas)))
+            for first, last, master, *replicas in reply
+        )
+    )
 
 
 def _slot_set(ranges: tuple[tuple[int, int], ...]) -> frozenset[int]:

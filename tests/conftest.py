@@ -8,7 +8,7 @@ import pytest
 
 import servers
 from fixtures_http import served  # noqa: F401  (apps served by uvicorn)
-from fixtures_io import *  # noqa: F401,F403  (backend, servers, writers, helpers)
+from fixtures_io import *  # noqa: F403  (backend, servers, writers, helpers)
 from fixtures_io import load_backend
 
 # ---------------------------------------------------------------- codec backends

@@ -24,6 +24,7 @@ the change is in force.  Used by the fault tests through ``fixtures_io``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -35,7 +36,7 @@ PASS, FREEZE, BLACKHOLE = "pass", "freeze", "blackhole"
 class _Link:
     """One client connection and its upstream, with the fault in force."""
 
-    def __init__(self, proxy: "FaultProxy", client: asyncio.StreamWriter, server: asyncio.StreamWriter) -> None:
+    def __init__(self, proxy: FaultProxy, client: asyncio.StreamWriter, server: asyncio.StreamWriter) -> None:
         self.proxy = proxy
         self.client = client
         self.server = server
@@ -89,10 +90,8 @@ class _Link:
         for writer in (self.client, self.server):
             sock = writer.get_extra_info("socket")
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
         self.close()
 
     def close(self) -> None:
@@ -133,10 +132,9 @@ class FaultProxy:
             return
         link = _Link(self, writer, up_writer)
         self.links.add(link)
-        try:
+        # The proxy is closing: asyncio's accept callback must not see a cancelled task.
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(link.pump(reader, up_writer), link.pump(up_reader, writer))
-        except asyncio.CancelledError:
-            pass  # the proxy is closing (asyncio's accept callback must not see a cancelled task)
 
     async def _apply(self, mode: str, delay: float, cut: int | None, existing: bool, new: bool) -> None:
         if existing:

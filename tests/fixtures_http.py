@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from sse_redis.tools.servers import free_port
 
-__all__ = ["Served", "served", "serve_app"]
+__all__ = ["Served", "serve_app", "served"]
 
 
 class Served:

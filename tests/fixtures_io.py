@@ -8,18 +8,21 @@ calls ``servers.add_options(parser)`` from ``pytest_addoption``.  Never a mock.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis as redis_py
 
-from servers import (  # noqa: F401 (re-exported)
+from fault_proxy import FaultProxy
+from servers import (
     any_server_url,
     dedicated_cluster,
     redis7_server,
@@ -27,29 +30,27 @@ from servers import (  # noqa: F401 (re-exported)
     valkey_cluster,
     valkey_server,
 )
-
-from fault_proxy import FaultProxy
 from sse_redis import AsyncStreamWriter, StreamReader, StreamWriter
 from sse_redis.tools.servers import RedisProcess, valkey_binary
 
 __all__ = [
     "IO_BACKENDS",
-    "load_backend",
-    "wait_child",
-    "backend",
-    "valkey_server",
-    "redis7_server",
-    "redis_url",
     "any_server_url",
-    "valkey_cluster",
+    "backend",
     "dedicated_cluster",
     "dedicated_server",
-    "make_writer",
-    "make_async_writer",
-    "open_reader",
-    "run_id",
-    "plain_client",
     "fault_proxy",
+    "load_backend",
+    "make_async_writer",
+    "make_writer",
+    "open_reader",
+    "plain_client",
+    "redis7_server",
+    "redis_url",
+    "run_id",
+    "valkey_cluster",
+    "valkey_server",
+    "wait_child",
 ]
 
 IO_BACKENDS = ["rust", "python"]
@@ -121,10 +122,8 @@ def make_writer(backend: str) -> Iterator[Callable[..., StreamWriter]]:
 
     yield make
     for writer in writers:
-        try:
+        with contextlib.suppress(Exception):
             writer.close(timeout=1.0)
-        except Exception:
-            pass
 
 
 @pytest.fixture
@@ -139,10 +138,8 @@ def make_async_writer(backend: str) -> Iterator[Callable[..., AsyncStreamWriter]
 
     yield make
     for writer in writers:
-        try:
+        with contextlib.suppress(Exception):
             writer.sync.close(timeout=1.0)
-        except Exception:
-            pass
 
 
 @pytest.fixture

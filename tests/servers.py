@@ -7,12 +7,11 @@ embedded Valkey.  Never a mock."""
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from cluster_servers import LocalCluster
-
 from sse_redis.tools.servers import RedisProcess, redis_binary, valkey_binary
 
 # CI installs every server; there a missing one is a failure, not a skip.

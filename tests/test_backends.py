@@ -11,12 +11,21 @@ import sys
 import pytest
 
 import sse_redis
+from fixtures_io import load_backend
 from sse_redis import _backend
 
-from fixtures_io import load_backend
-
-API = ["Event", "SSEParser", "encode_event", "patch_nulls", "is_terminal", "sniff_stop_reason",
-       "set_event_id", "MAX_NESTING", "WriterEngine", "ReaderHub"]
+API = [
+    "Event",
+    "SSEParser",
+    "encode_event",
+    "patch_nulls",
+    "is_terminal",
+    "sniff_stop_reason",
+    "set_event_id",
+    "MAX_NESTING",
+    "WriterEngine",
+    "ReaderHub",
+]
 
 
 def public(obj: object) -> set[str]:
@@ -36,10 +45,8 @@ def test_same_signatures(name: str) -> None:
     """Parameter names, kinds and (where the Rust side can show them) defaults agree."""
     rust = inspect.signature(getattr(load_backend("rust"), name))
     pure = inspect.signature(getattr(load_backend("python"), name))
-    assert [(p.name, p.kind) for p in rust.parameters.values()] == [
-        (p.name, p.kind) for p in pure.parameters.values()
-    ]
-    for r, p in zip(rust.parameters.values(), pure.parameters.values()):
+    assert [(p.name, p.kind) for p in rust.parameters.values()] == [(p.name, p.kind) for p in pure.parameters.values()]
+    for r, p in zip(rust.parameters.values(), pure.parameters.values(), strict=True):
         if r.default is not Ellipsis:  # pyo3 shows computed defaults as "..."
             assert r.default == p.default, (name, r.name)
 
@@ -48,12 +55,15 @@ def test_max_nesting_agrees() -> None:
     assert load_backend("rust").MAX_NESTING == load_backend("python").MAX_NESTING == 128
 
 
-@pytest.mark.parametrize("env, expected", [("1", "python"), ("0", "rust"), ("", "rust")])
+@pytest.mark.parametrize(("env", "expected"), [("1", "python"), ("0", "rust"), ("", "rust")])
 def test_sse_redis_pure_picks_the_live_backend(env: str, expected: str) -> None:
     load_backend("rust")  # a missing core is a skip (or a failure in CI), not a wrong answer
     out = subprocess.run(
         [sys.executable, "-c", "import sse_redis; print(sse_redis.BACKEND, sse_redis.patch_nulls.__module__)"],
-        env={**os.environ, "SSE_REDIS_PURE": env}, capture_output=True, text=True, check=True,
+        env={**os.environ, "SSE_REDIS_PURE": env},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out[0] == expected
     assert out[1].startswith("sse_redis._pure" if expected == "python" else "sse_redis._core")
@@ -61,8 +71,7 @@ def test_sse_redis_pure_picks_the_live_backend(env: str, expected: str) -> None:
 
 def test_backend_argument_is_checked() -> None:
     assert _backend.module("python") is load_backend("python")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="backend must be"):
         _backend.module("go")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="backend must be"):
         sse_redis.StreamWriter("redis://127.0.0.1:1/0", backend="java")
-

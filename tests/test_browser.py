@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from fixtures_http import Served, serve_app  # noqa: E402
-from sse_redis.tools.example_app import create_app  # noqa: E402
+from fixtures_http import Served, serve_app
+from sse_redis.tools.example_app import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHUNKS = 80
@@ -67,8 +67,7 @@ def test_a_finished_run_answers_204_so_eventsource_stops(browser, app_url: str) 
         page.wait_for_function("window.done === true", timeout=30_000)
         run = page.evaluate("window.run")
         status = page.evaluate(
-            """async (run) => (await fetch(run.stream_url, {headers: {"Last-Event-ID": "%d"}})).status"""
-            % CHUNKS,
+            f"""async (run) => (await fetch(run.stream_url, {{headers: {{"Last-Event-ID": "{CHUNKS}"}}}})).status""",
             run,
         )
         assert status == 204

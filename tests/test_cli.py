@@ -14,13 +14,14 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sse_redis import StreamWriter, __version__
-from sse_redis.tools import cli
 from sse_redis._pure import SSEParser
+from sse_redis.tools import cli
 
 SUBCOMMANDS = ["demo", "tail", "bench", "serve"]
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -28,9 +29,7 @@ FAST_DEMO = ["--chunks", "60", "--token-delay", "0.001"]
 
 
 def sse_redis(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sse_redis", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "sse_redis", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_line_error(stderr: str, command: str) -> str:
@@ -73,7 +72,8 @@ def test_top_level_help_subprocess():
     assert result.stdout.startswith("usage: sse-redis")
     for name in SUBCOMMANDS:
         assert name in result.stdout
-    assert "--debug" in result.stdout and "--version" in result.stdout
+    assert "--debug" in result.stdout
+    assert "--version" in result.stdout
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -83,7 +83,8 @@ def test_subcommand_help(command, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: sse-redis {command}")
-    assert "--redis-url" in out and "--backend" in out
+    assert "--redis-url" in out
+    assert "--backend" in out
 
 
 def test_subcommand_help_subprocess():
@@ -128,7 +129,10 @@ def check_demo(result: subprocess.CompletedProcess[str], backend: str | None = N
     assert "Traceback" not in result.stderr
     fields = {}
     for line in result.stdout.splitlines():
-        match = re.match(r"^(backend|run|chunks written|chunks read|lost|duplicated|latency p50|latency p99|throughput)\s{2,}(.*)$", line)
+        match = re.match(
+            r"^(backend|run|chunks written|chunks read|lost|duplicated|latency p50|latency p99|throughput)\s{2,}(.*)$",
+            line,
+        )
         if match:
             fields[match.group(1)] = match.group(2)
     for name in ("backend", "chunks written", "chunks read", "lost", "duplicated", "latency p50", "latency p99"):
@@ -195,15 +199,26 @@ def test_tail_missing_run_is_one_line(redis_url):
 
 
 def test_tail_missing_run_in_process(redis_url, backend, capsys):
-    code = cli.main(["tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url,
-                     "--backend", backend, "--missing-timeout", "0.3"])
+    code = cli.main(
+        [
+            "tail",
+            f"cli-missing-{uuid.uuid4().hex}",
+            "--redis-url",
+            redis_url,
+            "--backend",
+            backend,
+            "--missing-timeout",
+            "0.3",
+        ]
+    )
     assert code != 0
     assert_one_line_error(capsys.readouterr().err, "tail")
 
 
 def test_debug_shows_the_traceback(redis_url):
-    result = sse_redis("--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url,
-                       "--missing-timeout", "0.3")
+    result = sse_redis(
+        "--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url, "--missing-timeout", "0.3"
+    )
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
     assert "StreamNotFound" in result.stderr
@@ -213,8 +228,9 @@ def test_debug_in_process_raises(redis_url):
     from sse_redis.errors import StreamNotFound
 
     with pytest.raises(StreamNotFound):
-        cli.main(["--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url,
-                  "--missing-timeout", "0.3"])
+        cli.main(
+            ["--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url, "--missing-timeout", "0.3"]
+        )
 
 
 def test_tail_bad_run_id_is_one_line():
@@ -226,8 +242,18 @@ def test_tail_bad_run_id_is_one_line():
 def test_tail_unreachable_redis_is_one_line():
     """--retry-timeout bounds how long an unreachable Redis is retried; the
     error names Redis, not the writer."""
-    result = sse_redis("tail", "cli-nowhere", "--redis-url", UNREACHABLE,
-                       "--missing-timeout", "0.3", "--idle-timeout", "600", "--retry-timeout", "1")
+    result = sse_redis(
+        "tail",
+        "cli-nowhere",
+        "--redis-url",
+        UNREACHABLE,
+        "--missing-timeout",
+        "0.3",
+        "--idle-timeout",
+        "600",
+        "--retry-timeout",
+        "1",
+    )
     assert result.returncode != 0
     line = assert_one_line_error(result.stderr, "tail")
     assert "unreachable" in line
@@ -273,7 +299,9 @@ def test_bench_quick_prints_a_table_and_plots(redis_url, tmp_path):
     result = sse_redis("bench", "--quick", "--redis-url", redis_url, "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("| measure |") and "rust" in lines[0] and "python" in lines[0]
+    assert lines[0].startswith("| measure |")
+    assert "rust" in lines[0]
+    assert "python" in lines[0]
     measures = {line.split("|")[1].strip() for line in lines[2:] if line.startswith("|")}
     assert {"writer, 100 runs round robin (chunks/s)", "reader connections"} <= measures
     assert plot.stat().st_size > 10_000
@@ -307,20 +335,25 @@ def test_serve_never_leaves_its_embedded_server_running(signum):
     SIGKILL through the kernel's parent-death signal."""
     pytest.importorskip("uvicorn")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sse_redis", "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sse_redis", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # printed once the embedded server is up
         assert "example app" in line, line + proc.stderr.read()
         deadline = time.monotonic() + 30
-        while not [c for c in children(proc.pid) if "valkey" in open(f"/proc/{c}/cmdline").read()]:
+        while not [c for c in children(proc.pid) if "valkey" in Path(f"/proc/{c}/cmdline").read_text()]:
             assert time.monotonic() < deadline, "no valkey-server child"
             time.sleep(0.05)
-        server = next(c for c in children(proc.pid) if "valkey" in open(f"/proc/{c}/cmdline").read())
+        server = next(c for c in children(proc.pid) if "valkey" in Path(f"/proc/{c}/cmdline").read_text())
         data_dir = os.readlink(f"/proc/{server}/cwd")  # valkey works in its --dir
         assert "sse-redis-server-" in data_dir, data_dir
         while not _listening(port):
-            assert time.monotonic() < deadline and proc.poll() is None, "the app never listened"
+            assert time.monotonic() < deadline, "the app never listened"
+            assert proc.poll() is None, "the app exited before it listened"
             time.sleep(0.05)
         proc.send_signal(signum)
         proc.wait(timeout=30)

@@ -15,9 +15,9 @@ import pytest
 import redis as redis_py
 from redis.cluster import RedisCluster
 
+from fixtures_http import serve_app
 from sse_redis import AsyncStreamReader, ClusterKeyLayout, StreamReader, StreamWriter, _backend
 from test_reader import Background, check_run, collect, payload
-from fixtures_http import serve_app
 from test_starlette import events_of
 
 BUCKETS = 16
@@ -30,9 +30,7 @@ def codec(backend: str) -> Any:
 
 def blocked_clients(cluster: Any) -> int:
     """Connections blocked in a command (XREAD BLOCK), over every node."""
-    return sum(
-        sum("b" in c["flags"] for c in cluster.client(node.port).client_list()) for node in cluster.nodes
-    )
+    return sum(sum("b" in c["flags"] for c in cluster.client(node.port).client_list()) for node in cluster.nodes)
 
 
 def test_many_runs_over_buckets_exactly_once(backend, valkey_cluster, make_writer, open_reader, run_id, codec):
@@ -88,7 +86,8 @@ def test_redis_cluster_client_and_async_reader(backend, valkey_cluster, run_id, 
     run = run_id()
     writer = StreamWriter(client, backend=backend)
     reader = AsyncStreamReader(client, backend=backend)
-    assert writer.cluster and reader.sync.cluster
+    assert writer.cluster
+    assert reader.sync.cluster
 
     async def main() -> list[str]:
         async def read() -> list[str]:
@@ -264,7 +263,8 @@ def test_letta_facade_with_a_cluster_client(backend, valkey_cluster, run_id):
             await client.aclose()
 
     got = asyncio.run(main())
-    assert len(got) == 4 and got[-1].startswith("data: [DONE]")
+    assert len(got) == 4
+    assert got[-1].startswith("data: [DONE]")
     assert [f'"i": {i}, "run_id": "{run}", "seq_id": {i}' in c for i, c in enumerate(got[:3], 1)] == [True] * 3
     owner = valkey_cluster.master_for_slot(valkey_cluster.key_slot(f"sse:run:{run}"))
     assert valkey_cluster.client(owner.port).xlen(f"sse:run:{run}") == 4
@@ -296,7 +296,8 @@ def test_example_app_on_a_cluster(backend, valkey_cluster, served):
     with httpx.Client(base_url=serve_app(served, app), timeout=30) as client:
         run = client.post("/runs").json()
         events = events_of(client.get(run["stream_url"]).text)
-        assert [int(e.id) for e in events] == list(range(1, 21)) and events[-1].data == "[DONE]"
+        assert [int(e.id) for e in events] == list(range(1, 21))
+        assert events[-1].data == "[DONE]"
         resumed = client.get(run["stream_url"], headers={"Last-Event-ID": "15"})
         assert [int(e.id) for e in events_of(resumed.text)] == list(range(16, 21))
 

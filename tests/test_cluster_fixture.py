@@ -23,7 +23,8 @@ def cluster_client(cluster: LocalCluster) -> RedisCluster:
 def test_cluster_forms_with_a_replica_per_master(valkey_cluster: LocalCluster) -> None:
     masters = [node for node in valkey_cluster.nodes if node.role == "master"]
     replicas = [node for node in valkey_cluster.nodes if node.role == "replica"]
-    assert len(masters) == 3 and len(replicas) == 3
+    assert len(masters) == 3
+    assert len(replicas) == 3
     assert sorted(str(replica.master_id) for replica in replicas) == sorted(master.node_id for master in masters)
     owned = sorted(slot for master in masters for first, last in master.slots for slot in range(first, last + 1))
     assert owned == list(range(SLOT_COUNT))

@@ -184,7 +184,8 @@ def test_writer_keeps_the_wire_layout(backend, redis_url, plain_client, run_id):
     assert asyncio.run(main()) == [1, 2, 3]
     assert_stream(r, run, [msg(1), msg(2), msg(3), DONE])
     for fields in stored(r, run):
-        assert fields["timestamp"].isdigit() and abs(int(fields["timestamp"]) - time.time() * 1000) < 60_000
+        assert fields["timestamp"].isdigit()
+        assert abs(int(fields["timestamp"]) - time.time() * 1000) < 60_000
     assert 0 < r.ttl(key_of(run)) <= 10800
 
 
@@ -238,7 +239,7 @@ def test_cursor_semantics(backend, redis_url, plain_client, run_id):
     run = run_id()
     source = [msg(i) for i in range(1, 6)]
     process(redis_url, run, backend, agen(source))
-    everything = source + [DONE]
+    everything = [*source, DONE]
     assert_stream(r, run, everything)
 
     started = time.monotonic()
@@ -359,7 +360,7 @@ def test_dead_writer_raises_stream_stalled(backend, redis_url, run_id):
         await w.stop()
         got: list[str] = []
         started = time.monotonic()
-        with pytest.raises(StreamStalled):
+        with pytest.raises(StreamStalled):  # noqa: PT012 (the loop raises; got keeps what came first)
             async for chunk in redis_sse_stream_generator(redis_url, run, backend=backend, idle_timeout=0.3):
                 got.append(chunk)
         return got, time.monotonic() - started
@@ -429,8 +430,15 @@ def test_processor_with_a_given_writer_and_no_terminal(backend, redis_url, plain
 def test_processor_stop_reason_cancelled(backend, redis_url, plain_client, run_id):
     r = plain_client(redis_url)
     run, manager, finish = run_id(), RunManager(), Finish()
-    process(redis_url, run, backend, agen([msg(1), STOP_CANCELLED, DONE]),
-            run_manager=manager, actor=ACTOR, on_finish=finish)
+    process(
+        redis_url,
+        run,
+        backend,
+        agen([msg(1), STOP_CANCELLED, DONE]),
+        run_manager=manager,
+        actor=ACTOR,
+        on_finish=finish,
+    )
     assert_stream(r, run, [msg(1), STOP_CANCELLED, DONE])
     assert manager.only[1] == RunUpdate(status="cancelled", stop_reason="cancelled")
     assert finish.only == (run, "cancelled", "cancelled", None)
@@ -462,9 +470,7 @@ def test_processor_error_chunk_carries_the_exception_text(backend, redis_url, pl
     assert json.loads(expected.split("data: ", 1)[1]) == {"error": str(boom), "code": "INTERNAL_SERVER_ERROR"}
     # One status update (the reference overwrote "failed" with "completed" afterwards),
     # made before the error chunk is stored, as the reference ordered it.
-    assert manager.only == (
-        run, RunUpdate(status="failed", stop_reason="error", metadata={"error": str(boom)}), ACTOR
-    )
+    assert manager.only == (run, RunUpdate(status="failed", stop_reason="error", metadata={"error": str(boom)}), ACTOR)
     (seen,) = manager.probes  # earlier chunks may still be in flight; the error chunk is not stored yet
     assert seen == [msg(1), STOP_END_TURN][: len(seen)]
     assert finish.only == (run, "failed", "error", boom)
@@ -483,7 +489,7 @@ def test_run_cancelled_exception_by_name(backend, redis_url, plain_client, run_i
     for exc_type in (RunCancelledException, Subclass):
         run, manager, finish = run_id(), RunManager(), Finish()
 
-        async def source():
+        async def source(exc_type=exc_type):
             yield msg(1)
             raise exc_type("cancelled by user")
 
@@ -508,8 +514,11 @@ def test_task_cancellation_closes_reports_and_reraises(backend, redis_url, plain
             await asyncio.Event().wait()  # the model hangs; the user cancels
             yield msg(99)
 
-        task = asyncio.create_task(create_background_stream_processor(
-            source(), redis_url, run, run_manager=manager, actor=ACTOR, on_finish=finish, backend=backend))
+        task = asyncio.create_task(
+            create_background_stream_processor(
+                source(), redis_url, run, run_manager=manager, actor=ACTOR, on_finish=finish, backend=backend
+            )
+        )
         await asyncio.wait_for(parked.wait(), 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -538,9 +547,17 @@ def test_cancellation_while_reporting_finishes_the_report(backend, redis_url, pl
 
     async def main() -> None:
         manager.entered = asyncio.Event()
-        task = asyncio.create_task(create_background_stream_processor(
-            agen([msg(1), STOP_END_TURN]), redis_url, run, run_manager=manager, actor=ACTOR,
-            on_finish=finish, backend=backend))
+        task = asyncio.create_task(
+            create_background_stream_processor(
+                agen([msg(1), STOP_END_TURN]),
+                redis_url,
+                run,
+                run_manager=manager,
+                actor=ACTOR,
+                on_finish=finish,
+                backend=backend,
+            )
+        )
         await asyncio.wait_for(manager.entered.wait(), 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -592,7 +609,8 @@ def test_redis_down_in_the_finalizer_still_reports(backend, dedicated_server, ru
             server.stop()
 
         await create_background_stream_processor(
-            source(), server.url, run, writer=writer, run_manager=manager, actor=ACTOR, on_finish=finish)
+            source(), server.url, run, writer=writer, run_manager=manager, actor=ACTOR, on_finish=finish
+        )
 
     try:
         asyncio.run(asyncio.wait_for(main(), 20))

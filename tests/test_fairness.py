@@ -81,11 +81,18 @@ def test_hot_run_does_not_starve_other_runs(backend, dedicated_server, make_writ
     hot_entries = r.xrange(key_of(hot))  # trimmed to about max_len: the tail
     hot_seqs = [int(f["seq_id"]) for _, f in hot_entries]
     worst = max(took.values())
-    report(f"fairness-{'small' if sizes == (0, 0) else 'large'}", backend,
-           sent=NORMAL_RUNS * (NORMAL_WRITES + 1), counts=totals, runs=NORMAL_RUNS,
-           max_complete_s=round(worst, 3), median_complete_s=round(sorted(took.values())[NORMAL_RUNS // 2], 3),
-           hot_chunks=hot_written[0], hot_pending_at_start=at_start,
-           hot_chunk_bytes=f"{sizes[0]}-{sizes[1] + 40}")
+    report(
+        f"fairness-{'small' if sizes == (0, 0) else 'large'}",
+        backend,
+        sent=NORMAL_RUNS * (NORMAL_WRITES + 1),
+        counts=totals,
+        runs=NORMAL_RUNS,
+        max_complete_s=round(worst, 3),
+        median_complete_s=round(sorted(took.values())[NORMAL_RUNS // 2], 3),
+        hot_chunks=hot_written[0],
+        hot_pending_at_start=at_start,
+        hot_chunk_bytes=f"{sizes[0]}-{sizes[1] + 40}",
+    )
     assert all(done[run] == NORMAL_WRITES + 1 for run in normals), done
     for run in normals:
         assert stored[run] == expected, run

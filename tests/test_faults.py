@@ -33,7 +33,8 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,7 @@ class Background:
         def run() -> None:
             try:
                 target()
-            except BaseException as exc:  # noqa: BLE001 (re-raised in join)
+            except BaseException as exc:
                 self.error.append(exc)
 
         self.thread = threading.Thread(target=run, name=name, daemon=True)
@@ -165,7 +166,7 @@ class Follower:
                 for chunk in reader.read(run, **read_options):
                     if not chunk.startswith(":"):
                         self.chunks.append(chunk)
-            except BaseException as exc:  # noqa: BLE001 (inspected by the test)
+            except BaseException as exc:
                 self.error = exc
             finally:
                 self.ended_at = time.monotonic()
@@ -186,8 +187,6 @@ class Follower:
         return False
 
 
-
-
 # ------------------------------------------------- 1. restart with AOF on
 
 
@@ -204,8 +203,9 @@ FILLER_KEYS = 20000
 
 
 @pytest.mark.parametrize("mode", list(RESTARTS))
-def test_server_restart_with_aof_mid_run(backend, dedicated_server, make_writer, plain_client, open_reader,
-                                         run_id, mode):
+def test_server_restart_with_aof_mid_run(
+    backend, dedicated_server, make_writer, plain_client, open_reader, run_id, mode
+):
     """The server restarts (SIGTERM, or SIGKILL: with ``appendfsync always``
     nothing acknowledged may be lost) while a writer writes 2,000 chunks at a
     steady pace and a reader follows: the writer retries, the reader
@@ -246,11 +246,18 @@ def test_server_restart_with_aof_mid_run(backend, dedicated_server, make_writer,
 
     stored = stored_seqs(r, run)
     counts = tally(list(range(1, n + 2)), follower.seqs)
-    report("restart-aof-" + mode, backend, sent=len(stored), counts=counts,
-           written_at_restart=at_restart, restart_s=round(restart_took, 2), writer_retries=w.stats()["retries"],
-           reader_reconnects=reader.hub.stats()["reconnects"],
-           writer_error=type(writer_error).__name__ if writer_error else None,
-           reader_error=type(follower.error).__name__ if follower.error else None)
+    report(
+        "restart-aof-" + mode,
+        backend,
+        sent=len(stored),
+        counts=counts,
+        written_at_restart=at_restart,
+        restart_s=round(restart_took, 2),
+        writer_retries=w.stats()["retries"],
+        reader_reconnects=reader.hub.stats()["reconnects"],
+        writer_error=type(writer_error).__name__ if writer_error else None,
+        reader_error=type(follower.error).__name__ if follower.error else None,
+    )
     assert writer_error is None, f"the writer failed after {written[0]} chunks: {writer_error!r}"
     assert follower.error is None, repr(follower.error)
     assert at_restart < n, "the restart did not land mid-run"
@@ -263,8 +270,7 @@ def test_server_restart_with_aof_mid_run(backend, dedicated_server, make_writer,
     assert reader.hub.stats()["reconnects"] > 0
 
 
-def test_writes_while_restarted_server_is_loading(backend, dedicated_server, make_writer, plain_client,
-                                                  run_id):
+def test_writes_while_restarted_server_is_loading(backend, dedicated_server, make_writer, plain_client, run_id):
     """The two requests a writer makes, each sent while the restarted server
     still answers ``-LOADING``: a new run's first write (reads where the run
     stands) and a batch of an open run.  Both must wait for the load (retry),
@@ -286,7 +292,7 @@ def test_writes_while_restarted_server_is_loading(backend, dedicated_server, mak
     def loading() -> bool:
         try:
             probe.ping()
-        except Exception as exc:  # noqa: BLE001 (refused until it listens, then LOADING)
+        except Exception as exc:
             return type(exc).__name__ == "BusyLoadingError"
         pytest.fail("the server answered before it was seen loading")
 
@@ -294,12 +300,12 @@ def test_writes_while_restarted_server_is_loading(backend, dedicated_server, mak
     errors: dict[str, str] = {}
     try:
         assert w.write(fresh, payload(1)) == 1
-    except Exception as exc:  # noqa: BLE001 (reported below)
+    except Exception as exc:
         errors["first write of a new run"] = repr(exc)
     try:
         w.write(opened, payload(2))
         w.flush(run_id=opened)
-    except Exception as exc:  # noqa: BLE001 (reported below)
+    except Exception as exc:
         errors["batch of an open run"] = repr(exc)
     starting.join()
     assert not errors, errors
@@ -311,8 +317,9 @@ def test_writes_while_restarted_server_is_loading(backend, dedicated_server, mak
 # ------------------------------------------------- 2. CLIENT KILL in a loop
 
 
-def test_client_kill_loop_while_writing_and_reading(backend, dedicated_server, make_writer, plain_client,
-                                                    open_reader, run_id):
+def test_client_kill_loop_while_writing_and_reading(
+    backend, dedicated_server, make_writer, plain_client, open_reader, run_id
+):
     """Every normal connection but the killer's is killed every 20-50 ms while
     one writer writes 3,000 chunks round robin over 10 runs and readers (a sync
     one for half the runs, an async one for the other half) follow each run:
@@ -336,7 +343,7 @@ def test_client_kill_loop_while_writing_and_reading(backend, dedicated_server, m
             async for chunk in async_reader.read(run):
                 if not chunk.startswith(":"):
                     async_got[run].append(chunk)
-        except BaseException as exc:  # noqa: BLE001 (inspected below)
+        except BaseException as exc:
             async_errors[run] = exc
 
     async def follow_all() -> None:
@@ -380,11 +387,21 @@ def test_client_kill_loop_while_writing_and_reading(backend, dedicated_server, m
     for run in runs:
         for name, value in tally(list(range(1, last + 1)), got[run]).items():
             totals[name] += value
-    report("client-kill-loop", backend, sent=sum(len(s) for s in stored.values()), counts=totals,
-           runs=len(runs), kills=kills[0], kill_rounds=rounds[0], writer_retries=w.stats()["retries"],
-           reader_reconnects=reconnects, reader_errors=len(errors))
+    report(
+        "client-kill-loop",
+        backend,
+        sent=sum(len(s) for s in stored.values()),
+        counts=totals,
+        runs=len(runs),
+        kills=kills[0],
+        kill_rounds=rounds[0],
+        writer_retries=w.stats()["retries"],
+        reader_reconnects=reconnects,
+        reader_errors=len(errors),
+    )
     assert not errors, errors
-    assert kills[0] > 0 and reconnects > 0
+    assert kills[0] > 0
+    assert reconnects > 0
     for run in runs:
         assert stored[run] == list(range(1, last + 1)), run
     assert (totals["lost"], totals["duplicated"], totals["unexpected"]) == (0, 0, 0)
@@ -432,11 +449,14 @@ def test_writer_process_killed(backend, dedicated_server, make_writer, plain_cli
     server = dedicated_server()
     r = plain_client(server.url)
     run, k, more, idle = run_id(), 200, 100, 1.0
-    first = Follower(open_reader(server.url, idle_timeout=idle, missing_timeout=20.0, retry_timeout=20.0,
-                                 check_interval=2.0), run)
+    first = Follower(
+        open_reader(server.url, idle_timeout=idle, missing_timeout=20.0, retry_timeout=20.0, check_interval=2.0), run
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER_SCRIPT, server.url, backend, run, str(k)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 20.0)
@@ -476,13 +496,22 @@ def test_writer_process_killed(backend, dedicated_server, make_writer, plain_cli
     got = got_first + second.seqs
     first_counts = tally(list(range(1, m + 1)), got_first)
     counts = tally(list(range(1, total + 1)), got)
-    report("writer-killed", backend, sent=len(stored), counts=counts, acked_before_kill=k,
-           stored_before_kill=m, first_reader_received=first_counts["received"],
-           first_reader_lost=first_counts["lost"], first_reader_error=type(first.error).__name__,
-           stalled_after_kill_s=round(stalled_after, 3))
+    report(
+        "writer-killed",
+        backend,
+        sent=len(stored),
+        counts=counts,
+        acked_before_kill=k,
+        stored_before_kill=m,
+        first_reader_received=first_counts["received"],
+        first_reader_lost=first_counts["lost"],
+        first_reader_error=type(first.error).__name__,
+        stalled_after_kill_s=round(stalled_after, 3),
+    )
     assert isinstance(first.error, StreamStalled), repr(first.error)
     assert stalled_after < 5.0, f"StreamStalled came {stalled_after:.2f}s after the kill (idle_timeout {idle})"
-    assert before == list(range(1, m + 1)) and m >= k
+    assert before == list(range(1, m + 1))
+    assert m >= k
     assert (first_counts["lost"], first_counts["duplicated"], first_counts["unexpected"]) == (0, 0, 0)
     assert got_first == list(range(1, m + 1))
     assert second.error is None, repr(second.error)
@@ -496,8 +525,7 @@ def test_writer_process_killed(backend, dedicated_server, make_writer, plain_cli
 # ------------------------------------------- 4. Redis down when a run finishes
 
 
-def test_redis_down_when_run_finishes(backend, dedicated_server, make_writer, plain_client, open_reader,
-                                      run_id):
+def test_redis_down_when_run_finishes(backend, dedicated_server, make_writer, plain_client, open_reader, run_id):
     """process_stream's source stops the server before its last chunk, while
     a reader follows: ``on_finish`` runs once with status ``failed`` and
     RedisUnavailable; the reader got every stored chunk once, then
@@ -505,8 +533,9 @@ def test_redis_down_when_run_finishes(backend, dedicated_server, make_writer, pl
     server = dedicated_server("--appendonly", "yes", "--appendfsync", "always")
     run, n = run_id(), 200
     w = make_writer(server.url, retry_timeout=0.5, write_timeout=10)
-    follower = Follower(open_reader(server.url, idle_timeout=20.0, missing_timeout=20.0, retry_timeout=1.0,
-                                    check_interval=0.3), run)
+    follower = Follower(
+        open_reader(server.url, idle_timeout=20.0, missing_timeout=20.0, retry_timeout=1.0, check_interval=0.3), run
+    )
     calls: list[tuple[str, str, str | None, BaseException | None]] = []
 
     def source() -> Iterator[str]:
@@ -527,10 +556,17 @@ def test_redis_down_when_run_finishes(backend, dedicated_server, make_writer, pl
     stored = stored_seqs(plain_client(server.url), run)
 
     counts = tally(list(range(1, n)), follower.seqs)
-    report("redis-down-at-finish", backend, sent=len(stored), counts=counts, asked=n + 1,
-           status=status, on_finish_calls=len(calls),
-           error=type(calls[0][3]).__name__ if calls else None,
-           reader_error=type(follower.error).__name__ if follower.error else None)
+    report(
+        "redis-down-at-finish",
+        backend,
+        sent=len(stored),
+        counts=counts,
+        asked=n + 1,
+        status=status,
+        on_finish_calls=len(calls),
+        error=type(calls[0][3]).__name__ if calls else None,
+        reader_error=type(follower.error).__name__ if follower.error else None,
+    )
     assert status == "failed"
     assert len(calls) == 1, calls
     assert calls[0][:3] == (run, "failed", None)
@@ -543,15 +579,15 @@ def test_redis_down_when_run_finishes(backend, dedicated_server, make_writer, pl
     check_content(follower.chunks, run)
 
 
-def test_redis_down_when_async_run_finishes(backend, dedicated_server, make_async_writer, plain_client,
-                                            run_id):
+def test_redis_down_when_async_run_finishes(backend, dedicated_server, make_async_writer, plain_client, run_id):
     """The same with aprocess_stream, an AsyncStreamReader on the same event
     loop, and a coroutine ``on_finish``."""
     server = dedicated_server("--appendonly", "yes", "--appendfsync", "always")
     run, n = run_id(), 200
     w = make_async_writer(server.url, retry_timeout=0.5, write_timeout=10)
-    reader = AsyncStreamReader(server.url, backend=backend, idle_timeout=20.0, missing_timeout=20.0,
-                               retry_timeout=1.0, check_interval=0.3)
+    reader = AsyncStreamReader(
+        server.url, backend=backend, idle_timeout=20.0, missing_timeout=20.0, retry_timeout=1.0, check_interval=0.3
+    )
     got: list[str] = []
     calls: list[tuple[str, str, str | None, BaseException | None]] = []
 
@@ -564,7 +600,7 @@ def test_redis_down_when_async_run_finishes(backend, dedicated_server, make_asyn
             async for chunk in reader.read(run):
                 if not chunk.startswith(":"):
                     got.append(chunk)
-        except Exception as exc:  # noqa: BLE001 (inspected below)
+        except Exception as exc:
             return exc
         return None
 
@@ -598,10 +634,17 @@ def test_redis_down_when_async_run_finishes(backend, dedicated_server, make_asyn
 
     seqs = [seq_of(c) for c in got]
     counts = tally(list(range(1, n)), seqs)
-    report("redis-down-at-finish-async", backend, sent=len(stored), counts=counts, asked=n + 1,
-           status=status, on_finish_calls=len(calls),
-           error=type(calls[0][3]).__name__ if calls else None,
-           reader_error=type(reader_error).__name__ if reader_error else None)
+    report(
+        "redis-down-at-finish-async",
+        backend,
+        sent=len(stored),
+        counts=counts,
+        asked=n + 1,
+        status=status,
+        on_finish_calls=len(calls),
+        error=type(calls[0][3]).__name__ if calls else None,
+        reader_error=type(reader_error).__name__ if reader_error else None,
+    )
     assert status == "failed"
     assert len(calls) == 1, calls
     assert calls[0][:3] == (run, "failed", None)

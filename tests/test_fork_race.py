@@ -205,10 +205,11 @@ def test_forked_writer_pairs_race_on_one_run(backend, redis_url, make_writer, pl
         order = [by_seq[s].get("writer") for s in seqs]
         switches = sum(1 for a, b in pairwise(order) if a != b)
         if switches > 1:
-            problems.append(
-                f"{run}: writers interleave along the stream: "
-                f"{[(ids.index(w) if w in ids else w, (parse(by_seq[s]['data']) or ('T',))[-1]) for s, w in zip(seqs, order, strict=True)]}"
-            )
+            along = [
+                (ids.index(w) if w in ids else w, (parse(by_seq[s]["data"]) or ("T",))[-1])
+                for s, w in zip(seqs, order, strict=True)
+            ]
+            problems.append(f"{run}: writers interleave along the stream: {along}")
         for res in pair:
             js = [
                 parse(f["data"])[1]

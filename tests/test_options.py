@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from sse_redis import AsyncStreamReader, AsyncStreamWriter, StreamReader, StreamStalled, StreamWriter
 from fixtures_io import load_backend
+from sse_redis import AsyncStreamReader, AsyncStreamWriter, StreamReader, StreamStalled, StreamWriter
 
 INF, NAN = math.inf, math.nan
 DEADLINE = 30.0  # a hang must end; never a speed claim
@@ -104,7 +104,7 @@ def test_both_backends_say_the_same(redis_url):
     messages = []
     for backend in ("rust", "python"):
         load_backend(backend)
-        with pytest.raises(ValueError) as caught:
+        with pytest.raises(ValueError, match="idle_timeout") as caught:
             StreamReader(redis_url, backend=backend, idle_timeout=NAN)
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
@@ -126,7 +126,8 @@ def test_infinite_timeouts_mean_no_limit(backend, redis_url, make_writer, open_r
     writer.flush(INF)
     reader = open_reader(redis_url, idle_timeout=INF, missing_timeout=INF, retry_timeout=INF)
     got = list(reader.read(run))
-    assert len(got) == 6 and "[DONE]" in got[-1]
+    assert len(got) == 6
+    assert "[DONE]" in got[-1]
     got = list(reader.read(run, starting_after=3, idle_timeout=INF, missing_timeout=INF))
     assert len(got) == 3
 
@@ -149,7 +150,8 @@ def test_infinite_idle_timeout_waits_for_a_slow_writer(backend, redis_url, make_
     writer.write(run, chunk(2))
     writer.complete(run)
     thread.join(DEADLINE)
-    assert not thread.is_alive() and len(got) == 3
+    assert not thread.is_alive()
+    assert len(got) == 3
 
 
 def test_async_infinite_idle_timeout(backend, redis_url, make_writer, run_id):
@@ -191,17 +193,17 @@ def test_engine_bindings_never_panic(backend, redis_url):
     try:
         sid = hub.subscribe("sse:run:options-nothing", 0)
         if backend == "rust":  # the pure engines trust the faces' checks
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match="timeout"):
                 hub.wait(sid, NAN)
-            with pytest.raises(ValueError):
+            with pytest.raises(ValueError, match="timeout"):
                 hub.wait(sid, -1.0)
             hub.wait(sid, 0.0)
     finally:
         hub.close()
     if backend == "rust":
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="retry_timeout"):
             module.WriterEngine(redis_url, retry_timeout=NAN)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="check_interval"):
             module.ReaderHub(redis_url, check_interval=-1.0)
         engine = module.WriterEngine(redis_url, retry_timeout=INF, wait_timeout=1e300)
         engine.close(INF)

@@ -42,7 +42,8 @@ def assert_stream(items: list[dict[str, str]], data: list[str]) -> None:
 
 
 def error_payload(data: str) -> dict:
-    assert data.startswith("event: error\n") and data.endswith("\n\n")
+    assert data.startswith("event: error\n")
+    assert data.endswith("\n\n")
     return json.loads("".join(line[6:] for line in data.split("\n") if line.startswith("data: ")))
 
 
@@ -155,10 +156,12 @@ def test_bad_chunk_type_fails_the_run(backend, redis_url, make_writer, plain_cli
     run, finish = run_id(), Finish()
     assert process_stream([chunk(1), b"data: bytes\n\n", chunk(3)], w, run, on_finish=finish) == "failed"
     items = stored(r, run)
-    assert len(items) == 2 and items[-1]["complete"] == "true"
+    assert len(items) == 2
+    assert items[-1]["complete"] == "true"
     assert error_payload(items[-1]["data"])["error"] == DEFAULT_PUBLIC_ERROR
     _, status, _, error = finish.only
-    assert status == "failed" and isinstance(error, TypeError)
+    assert status == "failed"
+    assert isinstance(error, TypeError)
 
 
 def test_without_on_finish(backend, redis_url, make_writer, plain_client, run_id):
@@ -279,7 +282,8 @@ def test_async_source_raises(backend, redis_url, make_async_writer, plain_client
 
     assert asyncio.run(aprocess_stream(source(), w, run, on_finish=finish)) == "failed"
     items = stored(r, run)
-    assert len(items) == 2 and items[-1]["complete"] == "true"
+    assert len(items) == 2
+    assert items[-1]["complete"] == "true"
     assert "internal detail" not in items[-1]["data"]
     assert error_payload(items[-1]["data"])["error"] == DEFAULT_PUBLIC_ERROR
     assert finish.only == (run, "failed", None, boom)
@@ -342,7 +346,8 @@ def test_async_cancellation_while_writing(backend, dedicated_server, make_async_
 
     asyncio.run(main())
     items = stored(r, run)
-    assert items[-1]["data"] == DONE_CHUNK and items[-1]["complete"] == "true"
+    assert items[-1]["data"] == DONE_CHUNK
+    assert items[-1]["complete"] == "true"
     assert [int(f["seq_id"]) for f in items] == list(range(1, len(items) + 1))
     assert sum(f["data"] == DONE_CHUNK for f in items) == 1
     assert finish.only[1] == "cancelled"
@@ -365,7 +370,8 @@ def test_async_redis_down_when_finishing(backend, dedicated_server, make_async_w
 
     assert asyncio.run(main()) == "failed"
     _, status, _, error = finish.only
-    assert status == "failed" and isinstance(error, RedisUnavailable)
+    assert status == "failed"
+    assert isinstance(error, RedisUnavailable)
 
 
 def test_async_another_runs_error_does_not_leak(backend, redis_url, make_async_writer, plain_client, run_id):
@@ -380,7 +386,7 @@ def test_async_another_runs_error_does_not_leak(backend, redis_url, make_async_w
         await intruder.flush()
         await shared.write(other, chunk(99))  # stale: fails in the background
         deadline = time.monotonic() + 5
-        while not shared.stats()["errors"] and time.monotonic() < deadline:
+        while not shared.stats()["errors"] and time.monotonic() < deadline:  # noqa: ASYNC110 (polls an engine's counter)
             await asyncio.sleep(0.005)
         assert shared.stats()["errors"] == 1
         return await aprocess_stream(agen([chunk(1), DONE_CHUNK]), shared, mine, on_finish=finish)
@@ -408,7 +414,8 @@ def test_policy_hooks(backend, redis_url, make_writer, make_async_writer, plain_
 
     def on_failure(run: str, status: str, reason: str | None, error: BaseException | None) -> None:
         seen_before_error.append(len(stored(r, run)))
-        assert status == "failed" and isinstance(error, ValueError)
+        assert status == "failed"
+        assert isinstance(error, ValueError)
 
     def drive(items: list[Any], **hooks: Any) -> tuple[str, Finish]:
         run, finish = run_id(), Finish()
@@ -426,17 +433,20 @@ def test_policy_hooks(backend, redis_url, make_writer, make_async_writer, plain_
         if face == "sync":
             status = process_stream(source(), make_writer(redis_url), run, on_finish=finish, **hooks)
         else:
-            status = asyncio.run(aprocess_stream(asource(), make_async_writer(redis_url), run,
-                                                 on_finish=finish, **hooks))
+            status = asyncio.run(
+                aprocess_stream(asource(), make_async_writer(redis_url), run, on_finish=finish, **hooks)
+            )
         assert finish.only[1] == status
         return run, finish
 
-    hooks = dict(public_error=lambda exc: f"sorry: {exc}", on_failure=on_failure,
-                 cancels=lambda exc: isinstance(exc, Stopped))
+    hooks = dict(
+        public_error=lambda exc: f"sorry: {exc}", on_failure=on_failure, cancels=lambda exc: isinstance(exc, Stopped)
+    )
     run, finish = drive([chunk(1), ValueError("quota")], **hooks)
     items = stored(r, run)
     assert error_payload(items[-1]["data"])["error"] == "sorry: quota"
-    assert seen_before_error and seen_before_error[0] <= 1  # the error event came after the hook
+    assert seen_before_error
+    assert seen_before_error[0] <= 1
     assert finish.only[1] == "failed"
 
     run, finish = drive([chunk(1), Stopped("user")], **hooks)
@@ -447,11 +457,13 @@ def test_policy_hooks(backend, redis_url, make_writer, make_async_writer, plain_
         raise RuntimeError("status table down")
 
     run = run_id()
-    with pytest.raises(RuntimeError, match="status table down"):
+    with pytest.raises(RuntimeError, match="status table down"):  # noqa: PT012 (one call, on either face)
         if face == "sync":
             process_stream([chunk(1)], make_writer(redis_url), run, on_finish=broken_hook)
         else:
+
             async def one():
                 yield chunk(1)
+
             asyncio.run(aprocess_stream(one(), make_async_writer(redis_url), run, on_finish=broken_hook))
     assert_stream(stored(r, run), [chunk(1), DONE_CHUNK])  # closed before the hook's error surfaced

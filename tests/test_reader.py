@@ -21,11 +21,14 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import pairwise
+from typing import Any
 
 import pytest
 import redis as redis_py
 
+from fixtures_io import wait_child
 from sse_redis import (
     AsyncStreamReader,
     SSERedisError,
@@ -37,8 +40,6 @@ from sse_redis import (
     _backend,
 )
 from sse_redis.reader import PING
-
-from fixtures_io import wait_child
 
 # ----------------------------------------------------------------- helpers
 
@@ -77,7 +78,7 @@ def check_run(codec: Any, chunks: list[str], run: str, after: int, last: int, do
     filled in; ``done``: the last one is the terminal ``[DONE]``."""
     got = [seq_of(codec, c) if not c.startswith(":") else None for c in chunks]
     assert got == list(range(after + 1, last + 1)), f"seqs {got[:5]}...{got[-5:]} (len {len(got)})"
-    for seq, chunk in zip(range(after + 1, last + 1), chunks):
+    for seq, chunk in zip(range(after + 1, last + 1), chunks, strict=True):
         parser = codec.SSEParser()
         events = parser.feed(chunk)
         assert len(events) == 1, chunk
@@ -104,7 +105,7 @@ def collect(iterable: Iterable[str], timeout: float = DEADLINE, limit: int | Non
                 out.append(item)
                 if limit is not None and len(out) >= limit:
                     break
-        except BaseException as exc:  # noqa: BLE001 (re-raised below)
+        except BaseException as exc:
             error.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -157,7 +158,7 @@ class Background:
         def run() -> None:
             try:
                 target()
-            except BaseException as exc:  # noqa: BLE001 (re-raised in join)
+            except BaseException as exc:
                 self.error.append(exc)
 
         self.thread = threading.Thread(target=run, daemon=True)
@@ -170,8 +171,7 @@ class Background:
             raise self.error[0]
 
 
-def lockstep_writer(url: str, backend: str, run: str, n: int, acks: "queue.Queue[int]",
-                    delay: float = 0.0) -> Background:
+def lockstep_writer(url: str, backend: str, run: str, n: int, acks: queue.Queue[int], delay: float = 0.0) -> Background:
     """Writes chunk ``i`` only after the reader acknowledged chunk ``i - 1``:
     the reader can only finish if every chunk reaches it live, while its run
     is still being written."""
@@ -241,13 +241,14 @@ def test_reads_completed_stream_once_in_order(backend, redis_url, open_reader, c
     reader = open_reader(redis_url)
     chunks = collect(reader.read(run))
     check_run(codec_mod, chunks, run, 0, 51)
-    assert chunks[-1].startswith("data: [DONE]\n") and "id: 51" in chunks[-1]
+    assert chunks[-1].startswith("data: [DONE]\n")
+    assert "id: 51" in chunks[-1]
     # The read is over: its subscription is gone.
     wait_for(lambda: hub_stats(reader)["subscriptions"] == 0, what="unsubscribe")
 
 
 @pytest.mark.parametrize(
-    "cursor, first",
+    ("cursor", "first"),
     [
         (dict(), 1),
         (dict(starting_after=None), 1),
@@ -309,11 +310,11 @@ def test_cursor_positional_argument(backend, redis_url, open_reader, codec_mod):
 )
 def test_bad_cursor_is_value_error(backend, redis_url, open_reader, cursor):
     reader = open_reader(redis_url)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"starting_after|Last-Event-ID|last_event_id"):
         reader.read(new_run(), **cursor)
     areader = AsyncStreamReader(redis_url, backend=backend)
     try:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"starting_after|Last-Event-ID|last_event_id"):
             areader.read(new_run(), **cursor)
     finally:
         areader.close()
@@ -334,7 +335,7 @@ def test_bad_cursor_is_value_error(backend, redis_url, open_reader, cursor):
     ids=lambda c: ",".join(f"{k}={v!r}" for k, v in c.items()),
 )
 def test_bad_options_are_value_errors(backend, redis_url, options):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(options))):
         StreamReader(redis_url, backend=backend, **options)
 
 
@@ -393,8 +394,8 @@ def test_unicode_and_crlf_chunks(backend, redis_url, open_reader, codec_mod):
     texts = [
         'data: {"t":"h\u00e9llo","run_id":null}\n\n',
         'data: {"t":"héllo ✓ 😀 \u2028","run_id": null}\n\n',
-        'event: note\r\ndata: a\r\ndata: b\r\n\r\n',
-        ': a comment\ndata: x\n\n',
+        "event: note\r\ndata: a\r\ndata: b\r\n\r\n",
+        ": a comment\ndata: x\n\n",
     ]
     with StreamWriter(redis_url, backend=backend) as writer:
         for text in texts:
@@ -407,7 +408,8 @@ def test_unicode_and_crlf_chunks(backend, redis_url, open_reader, codec_mod):
     for seq, chunk in enumerate(chunks, 1):
         parser = codec_mod.SSEParser()
         got = parser.feed(chunk)
-        assert len(got) == 1 and parser.last_event_id == str(seq), chunk
+        assert len(got) == 1, chunk
+        assert parser.last_event_id == str(seq), chunk
         events.append(got[0])
     assert json.loads(events[0].data) == {"t": "héllo", "run_id": run}
     assert json.loads(events[1].data) == {"t": "héllo ✓ 😀 \u2028", "run_id": run}
@@ -456,7 +458,7 @@ def collect_iter(iterable: Iterable[str], timeout: float = DEADLINE) -> Iterator
             for item in iterable:
                 items.put(("item", item))
             items.put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 (re-raised below)
+        except BaseException as exc:
             items.put(("error", exc))
 
     threading.Thread(target=run, daemon=True).start()
@@ -512,12 +514,14 @@ def test_two_readers_of_one_live_stream_from_different_cursors(backend, redis_ur
     run = new_run()
     write_run(redis_url, backend, run, 10, complete=False)
     reader = open_reader(redis_url, idle_timeout=10.0)
-    reader.hub  # built here: concurrent first reads are test_concurrent_first_reads_share_one_hub
+    _ = reader.hub  # built here: concurrent first reads are test_concurrent_first_reads_share_one_hub
     results: dict[int, list[str]] = {}
     threads = []
     for after in (0, 5, 10):
+
         def read(after: int = after) -> None:
             results[after] = collect(reader.read(run, starting_after=after))
+
         threads.append(Background(read))
     wait_for(lambda: hub_stats(reader)["subscriptions"] == 3, what="3 subscriptions")
     with StreamWriter(redis_url, backend=backend) as writer:
@@ -633,7 +637,8 @@ def test_error_terminal_ends_the_read(backend, redis_url, open_reader, codec_mod
     check_run(codec_mod, chunks[:3], run, 0, 3, done=False)
     parser = codec_mod.SSEParser()
     (event,) = parser.feed(chunks[3])
-    assert event.event == "error" and parser.last_event_id == "4"
+    assert event.event == "error"
+    assert parser.last_event_id == "4"
     assert json.loads(event.data)["error"] == "boom"
 
 
@@ -653,8 +658,10 @@ def test_key_layouts(backend, redis_url, open_reader, client, codec_mod, layout)
     assert not any(stored.values())  # not under the default layout
     reader = open_reader(redis_url, keys=keys)
     results: dict[str, list[str]] = {}
-    threads = [Background(lambda run=run: results.__setitem__(run, collect(reader.read(run, starting_after=1))))
-               for run in runs]
+    threads = [
+        Background(lambda run=run: results.__setitem__(run, collect(reader.read(run, starting_after=1))))
+        for run in runs
+    ]
     for t in threads:
         t.join()
     for run in runs:
@@ -697,8 +704,8 @@ def test_unix_socket(backend, dedicated_server, codec_mod, tmp_path):
 
 def test_repr_hides_password(backend):
     reader = StreamReader("redis://user:s3cret@127.0.0.1:1/0", backend=backend)
-    assert "s3cret" not in repr(reader) and "s3cret" not in repr(AsyncStreamReader(
-        "redis://user:s3cret@127.0.0.1:1/0", backend=backend))
+    assert "s3cret" not in repr(reader)
+    assert "s3cret" not in repr(AsyncStreamReader("redis://user:s3cret@127.0.0.1:1/0", backend=backend))
     assert backend in repr(reader)
 
 
@@ -719,7 +726,8 @@ def test_fork_child_builds_its_own_hub(backend, redis_url, open_reader, codec_mo
         finally:
             os._exit(code)
     status = wait_child(pid)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert os.WIFEXITED(status)
+    assert os.WEXITSTATUS(status) == 0
     check_run(codec_mod, collect(reader.read(run, starting_after=5)), run, 5, 7)  # the parent still reads
 
 
@@ -743,12 +751,14 @@ def test_reference_stream_live(backend, redis_url, open_reader, client, codec_mo
     run = new_run()
     xadd_reference(client, run, 1, 5, complete=False)
     reader = open_reader(redis_url, idle_timeout=10.0)
-    reader.hub  # built here: concurrent first reads are test_concurrent_first_reads_share_one_hub
+    _ = reader.hub  # built here: concurrent first reads are test_concurrent_first_reads_share_one_hub
     results: dict[int, list[str]] = {}
     threads = []
     for after in (0, 3, 5, 7):
+
         def read(after: int = after) -> None:
             results[after] = collect(reader.read(run, starting_after=after))
+
         threads.append(Background(read))
     wait_for(lambda: hub_stats(reader)["subscriptions"] == 4, what="4 subscriptions")
     time.sleep(0.05)
@@ -797,17 +807,17 @@ def test_ping_interval_on_idle_stream(backend, redis_url, open_reader, codec_mod
             writer.complete(run)
 
     bg = Background(late)
-    for chunk in collect_iter(gen):
-        stamps.append((time.monotonic(), chunk))
+    stamps.extend((time.monotonic(), chunk) for chunk in collect_iter(gen))
     bg.join()
     chunks = [c for _, c in stamps]
     pings = [t for t, c in stamps if c == PING]
     data = [c for c in chunks if c != PING]
     check_run(codec_mod, data, run, 0, 3)
-    assert chunks[0] != PING and chunks[-1] == data[-1]
+    assert chunks[0] != PING
+    assert chunks[-1] == data[-1]
     # About every 0.2 s over ~1 s of silence: a few, never a flood.
     assert 2 <= len(pings) <= 10, len(pings)
-    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    gaps = [b - a for a, b in pairwise(pings)]
     assert all(g >= 0.1 for g in gaps), gaps
     for c in chunks:
         if c == PING:
@@ -820,7 +830,8 @@ def test_no_ping_by_default(backend, redis_url, open_reader):
     reader = open_reader(redis_url, idle_timeout=0.6)
     with pytest.raises(StreamStalled) as info:
         collect(reader.read(run), timeout=8.0)
-    assert PING not in info.value.chunks and len(info.value.chunks) == 1
+    assert PING not in info.value.chunks
+    assert len(info.value.chunks) == 1
 
 
 # ------------------------------------------------------ many readers, one hub
@@ -838,7 +849,7 @@ def test_many_sync_readers_few_connections(backend, dedicated_server, codec_mod)
         writer.flush()
         before = connected_clients(inspect)
         reader = StreamReader(url, backend=backend, **QUIET)
-        reader.hub  # built here: concurrent first reads are test_concurrent_first_reads_share_one_hub
+        _ = reader.hub  # built here: concurrent first reads are test_concurrent_first_reads_share_one_hub
         try:
             results: dict[int, list[str]] = {}
 
@@ -879,6 +890,7 @@ def test_many_async_readers_few_connections(backend, dedicated_server, codec_mod
     async def main() -> None:
         reader = AsyncStreamReader(url, backend=backend, **QUIET)
         try:
+
             async def read(n: int) -> list[str]:
                 return [c async for c in reader.read(streams[n % 50], starting_after=n % 3)]
 
@@ -932,7 +944,7 @@ def test_new_key_joins_promptly_while_hub_starts(backend, redis_url, codec_mod):
                 assert len(collect(reader.read(a))) == 2  # key A: the blocker starts up
                 gen = reader.read(b)  # key B: missing yet, joins the watch set
                 firsts: list[list[str]] = []
-                waiting = Background(lambda: firsts.append(collect(gen, limit=1, timeout=2.5)))
+                waiting = Background(lambda gen=gen, firsts=firsts: firsts.append(collect(gen, limit=1, timeout=2.5)))
                 time.sleep(0.02)
                 writer.write(b, payload(1))
                 writer.flush()
@@ -977,8 +989,11 @@ def test_concurrent_first_reads_share_one_hub(backend, dedicated_server, codec_m
         assert [seq_of(codec_mod, c) for c in firsts] == [1] * 8
         stats = hub_stats(reader)
         assert stats["subscriptions"] == 8, f"reads on hubs the reader forgot: {stats}"
-        wait_for(lambda: connected_clients(inspect) - before <= 2, timeout=2,
-                 what=f"at most 2 hub connections (now {connected_clients(inspect) - before})")
+        wait_for(
+            lambda: connected_clients(inspect) - before <= 2,
+            timeout=2,
+            what=f"at most 2 hub connections (now {connected_clients(inspect) - before})",
+        )
         for gen in gens:
             gen.close()  # type: ignore[attr-defined]
         assert hub_stats(reader)["subscriptions"] == 0
@@ -994,9 +1009,7 @@ def test_break_unsubscribes_at_once(backend, redis_url, open_reader, codec_mod):
     run = new_run()
     write_run(redis_url, backend, run, 5, complete=False)
     reader = open_reader(redis_url)
-    n = 0
-    for chunk in reader.read(run):  # the generator is dropped at the break
-        n += 1
+    for n, _chunk in enumerate(reader.read(run), 1):  # the generator is dropped at the break
         assert hub_stats(reader)["subscriptions"] == 1
         if n == 2:
             break
@@ -1219,7 +1232,7 @@ def test_async_ping_interval(backend, redis_url):
         reader = AsyncStreamReader(redis_url, backend=backend, ping_interval=0.2, idle_timeout=0.9)
         try:
             got: list[str] = []
-            with pytest.raises(StreamStalled):
+            with pytest.raises(StreamStalled):  # noqa: PT012 (the loop raises; got keeps what came first)
                 async for chunk in reader.read(run):
                     got.append(chunk)
             assert got[0] != PING
@@ -1286,8 +1299,20 @@ def test_least_privilege_user_follows_and_new_readers_join(backend, dedicated_se
     admin = redis_py.Redis.from_url(server.url)
     try:
         admin.execute_command(
-            "ACL", "SETUSER", "sse_ro", "on", ">pw", "~sse:*", "+@read", "+@stream",
-            "+@connection", "-@admin", "+client|id", "+exists", "+ping", "+select",
+            "ACL",
+            "SETUSER",
+            "sse_ro",
+            "on",
+            ">pw",
+            "~sse:*",
+            "+@read",
+            "+@stream",
+            "+@connection",
+            "-@admin",
+            "+client|id",
+            "+exists",
+            "+ping",
+            "+select",
         )
         ro_url = f"redis://sse_ro:pw@127.0.0.1:{server.port}/0"
         probe = redis_py.Redis.from_url(ro_url)
@@ -1384,8 +1409,9 @@ def xadd_explicit(client: redis_py.Redis, run: str, first: int, last: int, compl
     for seq in range(first, last + 1):
         client.xadd(key_of(run), {"seq_id": seq, "data": payload(seq), "timestamp": now}, id=f"0-{seq}")
     if complete:
-        client.xadd(key_of(run), {"seq_id": last + 1, "data": DONE, "timestamp": now, "complete": "true"},
-                    id=f"0-{last + 1}")
+        client.xadd(
+            key_of(run), {"seq_id": last + 1, "data": DONE, "timestamp": now, "complete": "true"}, id=f"0-{last + 1}"
+        )
 
 
 def test_server_restart_while_following(backend, dedicated_server, codec_mod):
@@ -1407,8 +1433,8 @@ def test_server_restart_while_following(backend, dedicated_server, codec_mod):
         def read() -> None:
             try:
                 for chunk in reader.read(run):
-                    got.append(chunk)
-            except BaseException as exc:  # noqa: BLE001
+                    got.append(chunk)  # noqa: PERF402 (got keeps what came before an error)
+            except BaseException as exc:
                 error.append(exc)
             finally:
                 done.set()

@@ -177,8 +177,9 @@ def rss_kb(pid: int) -> int | None:
 
 
 def start(script: str, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     if line.strip() != "ready":
         proc.kill()
@@ -227,10 +228,20 @@ def test_soak_writer_and_reader_processes(backend, dedicated_server, plain_clien
     r_peak = max(rd for _, _, rd in steady)
     counts = {k: got[k] for k in ("expected", "received", "lost", "duplicated")}
     counts["unexpected"] = got["out_of_order"] + got["bad_content"]
-    report("soak", backend, sent=wrote["acked"], counts=counts, seconds=SOAK_SECONDS, took_s=round(took, 1),
-           runs_written=wrote["runs"], runs_read=got["runs"], read_errors=got["errors"],
-           writer_rss_kb=f"{w_start}->{w_end}(peak {w_peak})", reader_rss_kb=f"{r_start}->{r_end}(peak {r_peak})",
-           samples=len(samples))
+    report(
+        "soak",
+        backend,
+        sent=wrote["acked"],
+        counts=counts,
+        seconds=SOAK_SECONDS,
+        took_s=round(took, 1),
+        runs_written=wrote["runs"],
+        runs_read=got["runs"],
+        read_errors=got["errors"],
+        writer_rss_kb=f"{w_start}->{w_end}(peak {w_peak})",
+        reader_rss_kb=f"{r_start}->{r_end}(peak {r_peak})",
+        samples=len(samples),
+    )
     assert got["errors"] == 0, got["error_kinds"]
     assert wrote["runs"] == got["runs"] >= LIVE_RUNS
     assert got["expected"] == got["received"] == wrote["acked"]

@@ -9,7 +9,8 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def check_events(events: list[Any], run: str, after: int, last: int, done: bool 
     """``events`` are exactly seqs ``after+1 .. last``, once each, in order, with
     ``id:`` set and run_id/seq_id patched; the last is ``[DONE]`` when ``done``."""
     assert [int(e.id) for e in events] == list(range(after + 1, last + 1))
-    for seq, event in zip(range(after + 1, last + 1), events):
+    for seq, event in zip(range(after + 1, last + 1), events, strict=True):
         assert event.event == "message"
         if done and seq == last:
             assert event.data == "[DONE]"
@@ -399,7 +400,8 @@ def test_stalled_run_ends_with_sse_redis_error(app, redis_url, backend):
     check_events(events[:-1], run, 0, 3, done=False)
     body = error_event(response.text)
     assert body["reason"] == "stalled"
-    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["message"], str)
+    assert body["message"]
 
 
 def test_pings_on_an_idle_live_run(app, redis_url, backend):

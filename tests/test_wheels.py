@@ -13,11 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,9 @@ def _requirements(meta: email.message.Message) -> set[tuple[str, str, str]]:
     reqs = set()
     for line in meta.get_all("Requires-Dist", []):
         req = Requirement(line)
-        extras = sorted(e for e in meta.get_all("Provides-Extra", []) if req.marker and req.marker.evaluate({"extra": e}))
+        extras = sorted(
+            e for e in meta.get_all("Provides-Extra", []) if req.marker and req.marker.evaluate({"extra": e})
+        )
         reqs.add((req.name, str(req.specifier), ",".join(extras)))
     return reqs
 

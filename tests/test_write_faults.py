@@ -143,7 +143,8 @@ def test_stale_batch_fails_the_runs_later_batches_of_the_same_pipeline(
     )
     assert [seq for seq, _ in entries] == [1, 2, 3, 4, 5]
     assert [fields["data"] for _, fields in entries][2:4] == [payload(2, 3), payload(2, 4)]
-    assert writers[2:] == [writers[2]] * 3 and writers[2] != writers[0], "A's terminal ended B's run"
+    assert writers[2:] == [writers[2]] * 3, "A's terminal ended B's run"
+    assert writers[2] != writers[0], "A's terminal ended B's run"
     assert b_done == 5
     assert took < DEADLINE
 
@@ -279,7 +280,8 @@ def test_freeze_longer_than_retry_timeout(backend, dedicated_server, fault_proxy
     assert gave_up_after < 30.0, f"the engine gave up after {gave_up_after:.1f}s"
     assert isinstance(later, RedisUnavailable), f"a write to the broken run: {later!r}"
     for error in (first, gave_up, later):
-        assert "os error" not in str(error) and "temporarily unavailable" not in str(error).lower(), str(error)
+        assert "os error" not in str(error), str(error)
+        assert "temporarily unavailable" not in str(error).lower(), str(error)
     assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
     assert stored >= acks.sent == 100
 
@@ -328,7 +330,8 @@ def test_freeze_during_a_runs_first_write(backend, dedicated_server, fault_proxy
     assert error is not None, f"the first write returned on a frozen network after {took:.1f}s"
     assert took < 5.0, f"the first write raised after {took:.1f}s (write_timeout 2)"
     message = str(error)
-    assert "os error" not in message and "temporarily unavailable" not in message.lower(), message
+    assert "os error" not in message, message
+    assert "temporarily unavailable" not in message.lower(), message
     assert run in message or "open" in message or "within" in message, message
     assert seq == 1
     assert stored == [1]
@@ -378,7 +381,8 @@ def test_links_cut_mid_pipeline(backend, dedicated_server, fault_proxy, make_wri
     )
     assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
     assert counts["received"] == acks.sent == stored == len(runs) * (per_run + 1)
-    assert proxy.accepted > 3 and w.stats()["retries"] > 0, "no link was cut: nothing was tested"
+    assert proxy.accepted > 3, "no link was cut: nothing was tested"
+    assert w.stats()["retries"] > 0, "no link was cut: nothing was tested"
     assert took < DEADLINE
 
 
@@ -504,7 +508,8 @@ def test_oversized_chunk_fails_only_its_own_run(backend, dedicated_server, make_
     # Clear: it names the chunk and the likely limit (the OS's words for the
     # dropped link, if any, only follow as the cause).
     assert type(error) is SSERedisError, repr(error)
-    assert str(error).startswith("Redis refused a chunk of ") and "proto-max-bulk-len" in str(error), str(error)
+    assert str(error).startswith("Redis refused a chunk of "), str(error)
+    assert "proto-max-bulk-len" in str(error), str(error)
     assert took < 30.0
     assert (counts["lost"], counts["duplicated"], counts["unexpected"]) == (0, 0, 0)
     assert counts["received"] == acks.sent == 3 * 20
@@ -631,8 +636,10 @@ def test_out_of_memory_never_renumbers(backend, dedicated_server, make_writer, p
         assert entries[-1][1]["data"] == "data: [DONE]\n\n"
         assert terminal == stopped_at + 1
     else:
-        assert error is not None and "out of memory" in str(error), repr(error)
-        assert isinstance(later, SSERedisError) and "out of memory" in str(later), repr(later)
+        assert error is not None
+        assert "out of memory" in str(error), repr(error)
+        assert isinstance(later, SSERedisError), repr(later)
+        assert "out of memory" in str(later), repr(later)
         # What landed is seq 1..m, the refused seqs are a gap, the error terminal follows it.
         assert terminal == len(written) + 1
         seqs = [seq for seq, _ in entries]

@@ -17,10 +17,11 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
+from fixtures_io import wait_child
 from sse_redis import (
     RedisUnavailable,
     RunClosedError,
@@ -30,8 +31,6 @@ from sse_redis import (
     WriteTimeout,
 )
 from sse_redis.writer import DEFAULT_PUBLIC_ERROR, DONE_CHUNK
-
-from fixtures_io import wait_child
 
 # ----------------------------------------------------------------- helpers
 
@@ -64,7 +63,8 @@ def assert_contiguous(items: list[tuple[str, dict[str, str]]], first: int, last:
     """Seq ids ``first..last`` once each, in stream order, entry ids increasing."""
     assert seq_ids(items) == list(range(first, last + 1))
     ids = [tuple(map(int, entry_id.split("-"))) for entry_id, _ in items]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
 
 
 def kill_clients(admin) -> int:
@@ -128,7 +128,7 @@ def test_cluster_and_callable_layouts(backend, redis_url, make_writer, plain_cli
     custom.write(run, chunk(1))
     custom.flush()
     assert r.xlen(f"tenant-7:{run}") == 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="run_id"):
         custom.write("", chunk(1))  # a callable layout still gets validated run ids
 
 
@@ -271,7 +271,7 @@ def _error_payload(data: str) -> dict:
     lines = data.split("\n")
     assert lines[0] == "event: error"
     assert data.endswith("\n\n")
-    payload = "\n".join(line[len("data: "):] for line in lines if line.startswith("data: "))
+    payload = "\n".join(line[len("data: ") :] for line in lines if line.startswith("data: "))
     return json.loads(payload)
 
 
@@ -284,7 +284,8 @@ def test_fail_writes_generic_error(backend, redis_url, make_writer, plain_client
     items = entries(r, run)
     last = items[-1][1]
     assert last["complete"] == "true"
-    assert "hunter2" not in last["data"] and "db.internal" not in last["data"]
+    assert "hunter2" not in last["data"]
+    assert "db.internal" not in last["data"]
     assert _error_payload(last["data"]) == {"error": DEFAULT_PUBLIC_ERROR, "code": "INTERNAL_SERVER_ERROR"}
     with pytest.raises(RunClosedError):
         w.write(run, chunk(3))
@@ -432,11 +433,12 @@ def test_ordering_many_runs_round_robin(backend, redis_url, make_writer, plain_c
             assert w.write(run, f"data: {run} {i}\n\n") == i
     w.flush()
     stats = w.stats()
-    assert stats["chunks"] == 50 * n and stats["pending"] == 0
+    assert stats["chunks"] == 50 * n
+    assert stats["pending"] == 0
     pipe = r.pipeline(transaction=False)
     for run in runs:
         pipe.xrange(key_of(run))
-    for run, items in zip(runs, pipe.execute()):
+    for run, items in zip(runs, pipe.execute(), strict=True):
         assert_contiguous(items, 1, n)
         assert [f["data"] for _, f in items] == [f"data: {run} {i}\n\n" for i in range(1, n + 1)]
 
@@ -558,9 +560,7 @@ def test_server_restart_mid_run(backend, dedicated_server, make_writer, plain_cl
     assert w.stats()["retries"] > 0
 
 
-def test_redis_down_surfaces_on_flush_and_that_runs_write(
-    backend, dedicated_server, make_writer, plain_client, run_id
-):
+def test_redis_down_surfaces_on_flush_and_that_runs_write(backend, dedicated_server, make_writer, plain_client, run_id):
     server = dedicated_server()
     w = make_writer(server.url, retry_timeout=0.5, write_timeout=10)
     a, b = run_id(), run_id()
@@ -584,7 +584,8 @@ def test_redis_down_surfaces_on_flush_and_that_runs_write(
     assert w.fail(a) == 3  # its error event is stored all the same, after the lost seq
     items = entries(plain_client(server.url), a)
     assert [f["seq_id"] for _, f in items] == ["3"]
-    assert items[0][1]["complete"] == "true" and "event: error" in items[0][1]["data"]
+    assert items[0][1]["complete"] == "true"
+    assert "event: error" in items[0][1]["data"]
 
 
 def test_flush_raises_redis_unavailable(backend, dedicated_server, make_writer, run_id):
@@ -618,14 +619,15 @@ def test_close_is_bounded_when_redis_down(backend, dedicated_server, make_writer
         try:
             w.close(timeout=0.5)
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=close, daemon=True)
     thread.start()
     thread.join(10)
     assert not thread.is_alive(), "close(timeout=0.5) still blocked after 10 s with Redis down"
-    assert outcome and (outcome[0] is None or isinstance(outcome[0], (WriteTimeout, RedisUnavailable)))
+    assert outcome
+    assert outcome[0] is None or isinstance(outcome[0], (WriteTimeout, RedisUnavailable))
 
 
 def test_backpressure_write_timeout(backend, dedicated_server, make_writer, plain_client, run_id):
@@ -663,7 +665,7 @@ def test_backpressure_write_timeout(backend, dedicated_server, make_writer, plai
 
 
 @pytest.mark.parametrize(
-    "bad, error",
+    ("bad", "error"),
     [
         ("", ValueError),
         ("x" * 257, ValueError),
@@ -743,13 +745,13 @@ def test_lone_surrogate_refused_at_write(backend, redis_url, make_writer, plain_
     ids=lambda o: "-".join(f"{k}={v!r}" for k, v in o.items()),
 )
 def test_invalid_options(backend, redis_url, options):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(options))):
         StreamWriter(redis_url, backend=backend, **options)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "127.0.0.1:6379", "memcached://x"])
 def test_bad_url_scheme(backend, url):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scheme"):
         StreamWriter(url, backend=backend)
 
 
@@ -824,9 +826,12 @@ def test_stats_counters(backend, redis_url, make_writer, run_id):
     assert stats["chunks"] == 35
     assert 4 <= stats["batches"] <= 35  # at most flush_size chunks per batch
     assert 1 <= stats["pipelines"] <= stats["batches"]
-    assert stats["errors"] == 0 and stats["pending"] == 0 and stats["runs"] == 1
+    assert stats["errors"] == 0
+    assert stats["pending"] == 0
+    assert stats["runs"] == 1
     w.complete(run)
-    assert w.stats()["chunks"] == 36 and w.stats()["runs"] == 0
+    assert w.stats()["chunks"] == 36
+    assert w.stats()["runs"] == 0
 
 
 def test_context_manager_flushes_and_closes(backend, redis_url, plain_client, run_id):
@@ -845,7 +850,8 @@ def test_repr_hides_password(backend):
     w = StreamWriter("redis://alice:s3cr3t-pw@127.0.0.1:6390/0", backend=backend)
     try:
         assert "s3cr3t-pw" not in repr(w)
-        assert "127.0.0.1:6390" in repr(w) and backend in repr(w)
+        assert "127.0.0.1:6390" in repr(w)
+        assert backend in repr(w)
         w2 = StreamWriter("redis://:0nly-pw@localhost:6390", backend=backend)
         assert "0nly-pw" not in repr(w2)
         w2.close()
@@ -957,9 +963,11 @@ def test_async_writer_basics(backend, redis_url, make_async_writer, plain_client
     asyncio.run(main())
     items = entries(r, run)
     assert_contiguous(items, 1, 6)
-    assert items[-1][1]["data"] == DONE_CHUNK and items[-1][1]["complete"] == "true"
+    assert items[-1][1]["data"] == DONE_CHUNK
+    assert items[-1][1]["complete"] == "true"
     last = entries(r, failed)[-1][1]
-    assert _error_payload(last["data"])["error"] == "sorry" and last["complete"] == "true"
+    assert _error_payload(last["data"])["error"] == "sorry"
+    assert last["complete"] == "true"
     assert "AsyncStreamWriter" in repr(w)
 
 
@@ -1123,7 +1131,8 @@ def test_smoke_layout_and_complete(backend, any_server_url, make_writer, plain_c
     assert 50 <= len(items) <= 101
     assert_contiguous(items, 102 - len(items), 101)
     assert all(entry_id == f"0-{f['seq_id']}" for entry_id, f in items)
-    assert items[-1][1]["complete"] == "true" and items[-1][1]["data"] == DONE_CHUNK
+    assert items[-1][1]["complete"] == "true"
+    assert items[-1][1]["data"] == DONE_CHUNK
     assert 0 < r.ttl(key_of(run)) <= 300
     assert w.complete(run) is None
     with pytest.raises(RunClosedError):

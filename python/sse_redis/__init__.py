@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from ._backend import BACKEND, module as _module
+from ._backend import BACKEND
+from ._backend import module as _module
 from .errors import (
     RedisUnavailable,
     RunClosedError,
@@ -41,28 +42,28 @@ set_event_id = _live.set_event_id
 
 __all__ = [
     "BACKEND",
-    "Event",
-    "SSEParser",
-    "encode_event",
-    "patch_nulls",
-    "is_terminal",
-    "sniff_stop_reason",
-    "set_event_id",
-    "StreamWriter",
-    "AsyncStreamWriter",
-    "process_stream",
-    "StreamReader",
     "AsyncStreamReader",
-    "aprocess_stream",
-    "KeyLayout",
+    "AsyncStreamWriter",
     "ClusterKeyLayout",
-    "SSERedisError",
-    "RunClosedError",
-    "StaleWriterError",
-    "WriteTimeout",
+    "Event",
+    "KeyLayout",
     "RedisUnavailable",
+    "RunClosedError",
+    "SSEParser",
+    "SSERedisError",
+    "StaleWriterError",
     "StreamNotFound",
+    "StreamReader",
     "StreamStalled",
     "StreamTrimmed",
+    "StreamWriter",
+    "WriteTimeout",
+    "aprocess_stream",
+    "encode_event",
+    "is_terminal",
+    "patch_nulls",
+    "process_stream",
+    "set_event_id",
+    "sniff_stop_reason",
 ]
 __version__ = "0.1.0"

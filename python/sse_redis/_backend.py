@@ -28,8 +28,6 @@ def module(backend: str | None = None) -> ModuleType:
         return _pure
     if name == "rust":
         if _core is None:
-            raise RuntimeError(
-                "backend='rust' asked for, but sse_redis._core is not built for this platform"
-            )
+            raise RuntimeError("backend='rust' asked for, but sse_redis._core is not built for this platform")
         return _core
     raise ValueError(f"backend must be 'rust' or 'python', not {name!r}")

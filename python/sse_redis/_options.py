@@ -96,7 +96,7 @@ class WriterOptions:
         wait_replicas: Any,
         wait_timeout: Any,
         max_chunk_bytes: Any,
-    ) -> "WriterOptions":
+    ) -> WriterOptions:
         return cls(
             flush_interval=seconds("flush_interval", flush_interval, zero=False),
             flush_size=count("flush_size", flush_size),
@@ -147,7 +147,7 @@ class ReaderOptions:
         ping_interval: Any,
         check_interval: Any,
         retry_timeout: Any,
-    ) -> "ReaderOptions":
+    ) -> ReaderOptions:
         return cls(
             batch_size=count("batch_size", batch_size),
             queue_size=count("queue_size", queue_size),

@@ -27,33 +27,78 @@ from __future__ import annotations
 import inspect
 import re
 import ssl
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, unquote
+
+from typing_extensions import Self
 
 SCHEMES = ("redis", "rediss", "unix")
 
 # Left to each engine: its timeouts, retry policy, keepalive, wire protocol and
 # decoding, and redis-py's pool internals.  Taken over from a client, these
 # would break the engine (RESP3 replies, decoded strings) or its liveness bounds.
-ENGINE_OWNED = frozenset({
-    "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options",
-    "socket_read_size", "retry", "retry_on_timeout", "retry_on_error", "health_check_interval",
-    "decode_responses", "encoding", "encoding_errors", "parser_class", "parser", "protocol",
-    "legacy_responses", "redis_connect_func", "command_packer", "event_dispatcher",
-    "max_connections", "timeout", "cache", "cache_config", "connection_class",
-    "connection_pool", "connection_pool_class", "queue_class", "single_connection_client",
-    "maint_notifications_config", "maint_notifications_pool_handler", "maintenance_state",
-    "maintenance_notification_hash", "oss_cluster_maint_notifications_handler",
-    "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout", "himport_registry",
-})
+ENGINE_OWNED = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "socket_read_size",
+        "retry",
+        "retry_on_timeout",
+        "retry_on_error",
+        "health_check_interval",
+        "decode_responses",
+        "encoding",
+        "encoding_errors",
+        "parser_class",
+        "parser",
+        "protocol",
+        "legacy_responses",
+        "redis_connect_func",
+        "command_packer",
+        "event_dispatcher",
+        "max_connections",
+        "timeout",
+        "cache",
+        "cache_config",
+        "connection_class",
+        "connection_pool",
+        "connection_pool_class",
+        "queue_class",
+        "single_connection_client",
+        "maint_notifications_config",
+        "maint_notifications_pool_handler",
+        "maintenance_state",
+        "maintenance_notification_hash",
+        "oss_cluster_maint_notifications_handler",
+        "orig_host_address",
+        "orig_socket_timeout",
+        "orig_socket_connect_timeout",
+        "himport_registry",
+    }
+)
 # Which library is talking: the pure engines announce the client's, the Rust
 # engine its own (not a setting the server needs).
 IDENTITY = frozenset({"lib_name", "lib_version", "driver_info"})
 # In the canonical URL: both engines honour these.
-CANONICAL = frozenset({
-    "host", "port", "db", "username", "password", "path",
-    "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname", "client_name",
-})
+CANONICAL = frozenset(
+    {
+        "host",
+        "port",
+        "db",
+        "username",
+        "password",
+        "path",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+        "client_name",
+    }
+)
 
 # Query parameters whose values are secrets, in any spelling a user may try.
 _SECRET_PARAM = re.compile(r"pass|secret|token|auth", re.IGNORECASE)
@@ -68,8 +113,7 @@ class Target(str):
     settings: Mapping[str, Any]
     rust_refused: tuple[str, ...]
 
-    def __new__(cls, url: str, settings: Mapping[str, Any] | None = None,
-                rust_refused: tuple[str, ...] = ()) -> "Target":
+    def __new__(cls, url: str, settings: Mapping[str, Any] | None = None, rust_refused: tuple[str, ...] = ()) -> Self:
         target = super().__new__(cls, url)
         target.settings = dict(settings or {})
         target.rust_refused = rust_refused
@@ -194,9 +238,10 @@ def _read_url(url: str) -> dict[str, Any]:
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
         shown = scheme or "none"
-        raise ValueError(f"unsupported Redis URL scheme {shown!r} in {redact(url)!r} "
-                         f"(expected redis://, rediss:// or unix://)")
-    userinfo, rest = _split_userinfo(url[len(scheme) + 3:], scheme)
+        raise ValueError(
+            f"unsupported Redis URL scheme {shown!r} in {redact(url)!r} (expected redis://, rediss:// or unix://)"
+        )
+    userinfo, rest = _split_userinfo(url[len(scheme) + 3 :], scheme)
     if userinfo is not None:
         user, colon, password = userinfo.partition(":")
         auth = quote(unquote(user), safe="") + (":" + quote(unquote(password), safe="") if colon else "")
@@ -240,8 +285,10 @@ def _split_userinfo(rest: str, scheme: str) -> tuple[str | None, str]:
         if not _HOST_PORT.fullmatch(remainder[:host_end]):
             return None, rest
         standard_host = authority.rpartition("@")[2]
-        if _HOST_PORT.fullmatch(standard_host) and standard_host.partition(":")[0] and _in_query_value(
-            after_authority, after_authority.rfind("@")
+        if (
+            _HOST_PORT.fullmatch(standard_host)
+            and standard_host.partition(":")[0]
+            and _in_query_value(after_authority, after_authority.rfind("@"))
         ):
             return None, rest
     return userinfo, remainder
@@ -259,8 +306,7 @@ def _in_query_value(tail: str, at: int) -> bool:
 # ------------------------------------------------------------------ canonical form
 
 
-def _from_kwargs(kwargs: dict[str, Any], connection_kind: str | None, asynchronous: bool, *,
-                 from_url: bool) -> Target:
+def _from_kwargs(kwargs: dict[str, Any], connection_kind: str | None, asynchronous: bool, *, from_url: bool) -> Target:
     kind = kwargs.pop("_kind", None) or connection_kind or "redis"
     url_text = kwargs.pop("_url", "")
     accepted = _connection_parameters(kind, asynchronous=False)
@@ -415,9 +461,9 @@ def _redact(url: str) -> str:
     host, tail = rest[:end], rest[end:]
     # An "@" left past a host that is not one, or outside a query value: maybe
     # a raw userinfo we could not place, so everything before it goes.
-    if "@" in tail and (not _HOST_PORT.fullmatch(host) or any(
-        not _in_query_value(tail, i) for i in _positions(tail, "@")
-    )):
+    if "@" in tail and (
+        not _HOST_PORT.fullmatch(host) or any(not _in_query_value(tail, i) for i in _positions(tail, "@"))
+    ):
         shown, rest = "***@", rest.rpartition("@")[2]
         end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
         host, tail = rest[:end], rest[end:]

@@ -41,12 +41,12 @@ class StreamTrimmed(SSERedisError):
 
 
 __all__ = [
-    "SSERedisError",
-    "RunClosedError",
-    "StaleWriterError",
-    "WriteTimeout",
     "RedisUnavailable",
+    "RunClosedError",
+    "SSERedisError",
+    "StaleWriterError",
     "StreamNotFound",
     "StreamStalled",
     "StreamTrimmed",
+    "WriteTimeout",
 ]

@@ -5,7 +5,7 @@ key outside the layout's prefix."""
 from __future__ import annotations
 
 import zlib
-from typing import Callable, Union
+from collections.abc import Callable
 
 MAX_RUN_ID_LENGTH = 256
 
@@ -75,7 +75,7 @@ class ClusterKeyLayout(KeyLayout):
 
 
 KeyFunction = Callable[[str], str]
-Layout = Union[KeyLayout, KeyFunction]
+Layout = KeyLayout | KeyFunction
 
 
 def resolve(layout: Layout | str | None, *, cluster: bool = False) -> KeyFunction:

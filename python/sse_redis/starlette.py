@@ -18,9 +18,10 @@ the one answer that makes ``EventSource`` stop reconnecting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
-from typing import AsyncIterator, Awaitable, Callable, Union
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -39,7 +40,7 @@ HEADERS = {
 
 # ``authorize(request, run_id)`` returns True (allow), False (403), or an HTTP
 # status to answer with (e.g. 404 to hide that the run exists); may be async.
-Authorize = Callable[[Request, str], Union[bool, int, Awaitable[Union[bool, int]]]]
+Authorize = Callable[[Request, str], bool | int | Awaitable[bool | int]]
 
 _REASONS = {StreamNotFound: "not_found", StreamStalled: "stalled", StreamTrimmed: "trimmed"}
 
@@ -140,10 +141,8 @@ async def _until(chunks: AsyncIterator[str], until: asyncio.Event) -> AsyncItera
             done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
             if nxt not in done:
                 nxt.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await nxt
-                except (asyncio.CancelledError, StopAsyncIteration):
-                    pass
                 return
             try:
                 yield nxt.result()
@@ -153,4 +152,4 @@ async def _until(chunks: AsyncIterator[str], until: asyncio.Event) -> AsyncItera
         stop.cancel()
 
 
-__all__ = ["stream_run", "stream_error_event", "resume_cursor", "STREAM_ERROR_EVENT", "Authorize"]
+__all__ = ["STREAM_ERROR_EVENT", "Authorize", "resume_cursor", "stream_error_event", "stream_run"]

@@ -40,13 +40,15 @@ extensions.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Optional
+from typing import Any
+
+from typing_extensions import Self
 
 from .. import _backend
 from ..connection import resolve_target
@@ -58,9 +60,9 @@ from ..writer import AsyncStreamWriter
 __all__ = [
     "RedisSSEStreamWriter",
     "RunUpdate",
+    "close_shared",
     "create_background_stream_processor",
     "redis_sse_stream_generator",
-    "close_shared",
 ]
 
 log = logging.getLogger("sse_redis")
@@ -69,6 +71,7 @@ log = logging.getLogger("sse_redis")
 # StopReasonType members of these names).
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 END_TURN, ERROR = "end_turn", "error"
+
 
 @dataclass
 class RunUpdate:
@@ -79,8 +82,8 @@ class RunUpdate:
     ``"end_turn"``, ``"error"`` or ``"cancelled"``."""
 
     status: str
-    stop_reason: Optional[str] = None
-    metadata: Optional[dict] = None
+    stop_reason: str | None = None
+    metadata: dict | None = None
 
 
 _letta_types: Any = None  # (RunUpdate, RunStatus) of the letta package, False when absent
@@ -130,8 +133,11 @@ _readers: dict[tuple, AsyncStreamReader] = {}
 def _shared_writer(url: str, options: dict[str, Any]) -> AsyncStreamWriter:
     """One writer engine per server and settings, shared by every
     ``RedisSSEStreamWriter``: a run costs no thread or connection of its own."""
-    key = (url, options.get("backend") or _backend.BACKEND,
-           tuple(sorted((k, v) for k, v in options.items() if k != "backend")))
+    key = (
+        url,
+        options.get("backend") or _backend.BACKEND,
+        tuple(sorted((k, v) for k, v in options.items() if k != "backend")),
+    )
     with _lock:
         writer = _writers.get(key)
         if writer is None:
@@ -287,13 +293,13 @@ class RedisSSEStreamWriter:
             self._open_runs.add(run_id)
         return seq
 
-    async def mark_complete(self, run_id: str) -> Optional[int]:
+    async def mark_complete(self, run_id: str) -> int | None:
         """End the run with ``data: [DONE]`` and wait until it is stored.  A
         run that is already complete is left alone (returns ``None``)."""
         self._open_runs.discard(run_id)
         return await self.writer.complete(run_id)
 
-    async def __aenter__(self) -> "RedisSSEStreamWriter":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -330,10 +336,10 @@ async def create_background_stream_processor(
     stream_generator: Any,
     redis_client: Any,
     run_id: str,
-    writer: Optional[RedisSSEStreamWriter] = None,
+    writer: RedisSSEStreamWriter | None = None,
     run_manager: Any = None,
     actor: Any = None,
-    on_finish: Optional[OnFinish] = None,
+    on_finish: OnFinish | None = None,
     *,
     backend: str | None = None,
 ) -> None:
@@ -424,7 +430,7 @@ async def create_background_stream_processor(
 async def redis_sse_stream_generator(
     redis_client: Any,
     run_id: str,
-    starting_after: Optional[int] = None,
+    starting_after: int | None = None,
     poll_interval: float = 0.1,
     batch_size: int = 100,
     *,

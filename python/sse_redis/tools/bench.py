@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 import timeit
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .. import _backend
 from ..reader import AsyncStreamReader
@@ -129,8 +130,12 @@ def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) ->
         if not got["all_received"]:
             results.put("delivery, chunks missing", backend, "YES")
 
-    for name, fn in (("codec", codec), ("writer throughput", throughput), ("write latency", latency),
-                     ("delivery latency", delivery)):
+    for name, fn in (
+        ("codec", codec),
+        ("writer throughput", throughput),
+        ("write latency", latency),
+        ("delivery latency", delivery),
+    ):
         for backend in backends:
             steps.append((f"{name} ({backend})", lambda b=backend, f=fn: f(b)))
 

@@ -14,7 +14,7 @@ import argparse
 import contextlib
 import signal
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .. import _backend
 
@@ -69,9 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with redis_for(args.redis_url) as url:
         where = "embedded Valkey" if not args.redis_url else "Redis"
         print(f"sse-redis demo: one simulated LLM run of {args.chunks} chunks on {where}", flush=True)
-        report = run_demo(
-            url, backend=args.backend, chunks=args.chunks, token_delay=args.token_delay, progress=print
-        )
+        report = run_demo(url, backend=args.backend, chunks=args.chunks, token_delay=args.token_delay, progress=print)
     for line in report.lines():
         print(line)
     if not report.ok:

@@ -16,12 +16,70 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 # Mostly ASCII prose, with the non-ASCII text real model output carries.
-_WORDS = (
-    "the of and to in is that for it as with on be this by are from or an at which can "
-    "stream event redis cursor replay client server reconnect latency token buffer chunk "
-    "message agent tool result request response value error retry window offset "
-    "résumé naïve café über señal — … “quoted” ‘single’ 日本語 中文 한국어 Ελληνικά ✓ → 🙂 🚀"
-).split()
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "with",
+    "on",
+    "be",
+    "this",
+    "by",
+    "are",
+    "from",
+    "or",
+    "an",
+    "at",
+    "which",
+    "can",
+    "stream",
+    "event",
+    "redis",
+    "cursor",
+    "replay",
+    "client",
+    "server",
+    "reconnect",
+    "latency",
+    "token",
+    "buffer",
+    "chunk",
+    "message",
+    "agent",
+    "tool",
+    "result",
+    "request",
+    "response",
+    "value",
+    "error",
+    "retry",
+    "window",
+    "offset",
+    "résumé",
+    "naïve",
+    "café",
+    "über",
+    "señal",
+    "—",
+    "…",
+    "“quoted”",
+    "‘single’",
+    "日本語",
+    "中文",
+    "한국어",
+    "Ελληνικά",
+    "✓",
+    "→",
+    "🙂",
+    "🚀",
+]
 _NON_ASCII_SHARE = 0.15  # chance a delta picks from the whole list rather than ASCII words
 _ASCII_WORDS = [w for w in _WORDS if w.isascii()]
 _TOOLS = ("web_search", "run_code", "read_file", "send_message")
@@ -96,7 +154,8 @@ def llm_run_chunks(n: int = 10_000, seed: int = 0) -> list[str]:
         "step_count": steps,
         "run_ids": None,
     }
-    return body + [
+    return [
+        *body,
         _chunk({"message_type": "stop_reason", "stop_reason": "end_turn"}, rng),
         _chunk(usage, rng),
         "data: [DONE]\n\n",

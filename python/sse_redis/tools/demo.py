@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from ..processor import process_stream
 from ..reader import StreamReader
@@ -137,4 +137,3 @@ def run_demo(
     report.duplicated = len(seen) - len(set(seen))
     report.lost = len(set(range(1, len(source) + 1)) - set(seen))
     return report
-

@@ -22,8 +22,8 @@ import hmac
 import os
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response

