@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 from itertools import pairwise
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -778,6 +780,62 @@ def test_set_event_id_on_any_chunk_sets_the_last_event_id(codec, chunk, event_id
     out = codec.set_event_id(chunk, event_id)
     assert parse(codec, out)[1] == event_id
     assert out.endswith(("\n", "\r"))
+
+
+# ---------------------------------------------------------------- shared vectors
+
+# testdata/*.jsonl: inputs and the expected output, one JSON object a line; the
+# Rust unit tests (src/codec/vectors.rs) read the same files.
+TESTDATA = Path(__file__).resolve().parent.parent / "testdata"
+
+
+def _vectors() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(TESTDATA.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines(): U+2028 is data
+            if line.strip():
+                found.append((path.stem, json.loads(line)))
+    return found
+
+
+VECTORS = _vectors()
+
+
+def _answer(codec: Any, name: str, v: dict[str, Any]) -> Any:
+    if name == "is_terminal":
+        return codec.is_terminal(v["chunk"])
+    if name == "sniff_stop_reason":
+        return codec.sniff_stop_reason(v["chunk"])
+    if name == "patch_nulls":
+        text = "".join(list(v["text"]))  # a fresh object, so `is` means "returned as it came"
+        got = codec.patch_nulls(text, v["run_id"], v["seq_id"])
+        return None if got is text else got
+    if name == "set_event_id":
+        return codec.set_event_id(v["chunk"], v["event_id"])
+    if name == "encode_event":
+        return codec.encode_event(v["data"], event=v["event"], id=v["id"], retry=v["retry"])
+    if name == "parse":
+        parser = codec.SSEParser()
+        events = [[e.event, e.data, e.id, e.retry] for feed in v["feeds"] for e in parser.feed(feed)]
+        return {"events": events, "last_event_id": parser.last_event_id}
+    raise AssertionError(f"testdata/{name}.jsonl has no runner")
+
+
+def test_vectors_cover_every_function():
+    assert {name for name, _ in VECTORS} == {
+        "is_terminal",
+        "sniff_stop_reason",
+        "patch_nulls",
+        "set_event_id",
+        "encode_event",
+        "parse",
+    }
+
+
+def test_vectors(codec):
+    """Every shared vector, on this backend (the Rust core, then the pure twin)."""
+    failures = [(name, v, got) for name, v in VECTORS if (got := _answer(codec, name, v)) != v["expected"]]
+    assert not failures, f"{len(failures)} of {len(VECTORS)} vectors fail, first: {failures[0]}"
 
 
 # ---------------------------------------------------------------- errors

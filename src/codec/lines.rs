@@ -75,11 +75,7 @@ impl<'a> Iterator for Lines<'a> {
             Some(i) => (i, 1),
         };
         self.pos = end + brk_len;
-        Some(Line {
-            start,
-            text: &self.text[start..end],
-            brk: &self.text[end..end + brk_len],
-        })
+        Some(Line { start, text: &self.text[start..end], brk: &self.text[end..end + brk_len] })
     }
 }
 

@@ -4,3 +4,6 @@
 pub mod json;
 pub mod lines;
 pub mod sse;
+
+#[cfg(test)]
+mod vectors;

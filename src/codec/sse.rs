@@ -154,9 +154,7 @@ pub fn is_terminal(chunk: &str) -> bool {
     if DONE.find(chunk.as_bytes()).is_none() && ERROR.find(chunk.as_bytes()).is_none() {
         return false;
     }
-    lines(chunk).any(|line| {
-        matches!(line.field(), Some(("data", "[DONE]", _)) | Some(("event", "error", _)))
-    })
+    lines(chunk).any(|line| matches!(line.field(), Some(("data", "[DONE]", _)) | Some(("event", "error", _))))
 }
 
 /// The chunk with its last event carrying `id: <event_id>` (see docs/codec.md).
@@ -207,7 +205,8 @@ fn set_event_id_lf(chunk: &str, event_id: &str) -> Option<String> {
         return None;
     }
     let event = &body[last_event_start(body)..];
-    let names_id = |line: &[u8]| line.strip_prefix(b"id").is_some_and(|r| r.is_empty() || r[0] == b':' || r[0] == b'\n');
+    let names_id =
+        |line: &[u8]| line.strip_prefix(b"id").is_some_and(|r| r.is_empty() || r[0] == b':' || r[0] == b'\n');
     if names_id(event) || memchr::memchr_iter(b'\n', event).any(|p| names_id(&event[p + 1..])) {
         return None;
     }
