@@ -3,6 +3,7 @@ and the switch that picks the live one (``SSE_REDIS_PURE``, ``backend=``)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import subprocess
@@ -75,3 +76,21 @@ def test_backend_argument_is_checked() -> None:
         _backend.module("go")
     with pytest.raises(ValueError, match="backend must be"):
         sse_redis.StreamWriter("redis://127.0.0.1:1/0", backend="java")
+
+
+@pytest.mark.parametrize("face", ["StreamWriter", "AsyncStreamWriter", "StreamReader", "AsyncStreamReader"])
+def test_faces_default_to_the_live_backend(face: str) -> None:
+    """In this process: ``SSE_REDIS_PURE=1`` (scripts/test's fallback pass) makes the
+    pure twin every face's default; otherwise (CI: SSE_REDIS_REQUIRE_RUST=1) the core."""
+    if os.environ.get("SSE_REDIS_PURE", "") not in ("", "0"):
+        assert sse_redis.BACKEND == "python"
+        assert sse_redis.patch_nulls.__module__.startswith("sse_redis._pure")
+    elif os.environ.get("SSE_REDIS_REQUIRE_RUST") == "1":
+        assert sse_redis.BACKEND == "rust"
+    obj = getattr(sse_redis, face)("redis://127.0.0.1:1/0")  # builds no engine, connects nowhere
+    try:
+        assert obj.backend == sse_redis.BACKEND
+    finally:
+        closing = obj.close()
+        if inspect.iscoroutine(closing):  # AsyncStreamWriter.close
+            asyncio.run(closing)

@@ -44,10 +44,10 @@ def payload(i: int) -> str:
     return f'data: {{"i":{i},"run_id":null,"seq_id":null}}\n\n'
 
 
-def completed_run(url: str, n: int) -> str:
+def completed_run(url: str, n: int, backend: str) -> str:
     """A run of ``payload(1..n)`` and ``[DONE]`` (seq ``n + 1``)."""
     run = f"cli-{uuid.uuid4().hex}"
-    with StreamWriter(url) as writer:
+    with StreamWriter(url, backend=backend) as writer:
         for i in range(1, n + 1):
             writer.write(run, payload(i))
         writer.complete(run)
@@ -169,16 +169,16 @@ def test_demo_on_a_given_redis(redis_url, backend):
 # ----------------------------------------------------------------- tail
 
 
-def test_tail_completed_run_subprocess(redis_url):
-    run = completed_run(redis_url, 12)
-    result = sse_redis("tail", run, "--redis-url", redis_url, "--starting-after", "5")
+def test_tail_completed_run_subprocess(redis_url, backend):
+    run = completed_run(redis_url, 12, backend)
+    result = sse_redis("tail", run, "--redis-url", redis_url, "--backend", backend, "--starting-after", "5")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     check_tail(result.stdout, run, 5, 13)
 
 
 def test_tail_whole_run_in_process(redis_url, backend, capsys):
-    run = completed_run(redis_url, 7)
+    run = completed_run(redis_url, 7, backend)
     assert cli.main(["tail", run, "--redis-url", redis_url, "--backend", backend]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
@@ -188,9 +188,10 @@ def test_tail_whole_run_in_process(redis_url, backend, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_tail_missing_run_is_one_line(redis_url):
+def test_tail_missing_run_is_one_line(redis_url, backend):
     started = time.monotonic()
-    result = sse_redis("tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url, "--missing-timeout", "0.3")
+    missing = f"cli-missing-{uuid.uuid4().hex}"
+    result = sse_redis("tail", missing, "--redis-url", redis_url, "--backend", backend, "--missing-timeout", "0.3")
     assert result.returncode != 0
     line = assert_one_line_error(result.stderr, "tail")
     assert "cli-missing-" in line
@@ -215,21 +216,23 @@ def test_tail_missing_run_in_process(redis_url, backend, capsys):
     assert_one_line_error(capsys.readouterr().err, "tail")
 
 
-def test_debug_shows_the_traceback(redis_url):
+def test_debug_shows_the_traceback(redis_url, backend):
+    missing = f"cli-missing-{uuid.uuid4().hex}"
     result = sse_redis(
-        "--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url, "--missing-timeout", "0.3"
+        "--debug", "tail", missing, "--redis-url", redis_url, "--backend", backend, "--missing-timeout", "0.3"
     )
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
     assert "StreamNotFound" in result.stderr
 
 
-def test_debug_in_process_raises(redis_url):
+def test_debug_in_process_raises(redis_url, backend):
     from sse_redis.errors import StreamNotFound
 
+    missing = f"cli-missing-{uuid.uuid4().hex}"
     with pytest.raises(StreamNotFound):
         cli.main(
-            ["--debug", "tail", f"cli-missing-{uuid.uuid4().hex}", "--redis-url", redis_url, "--missing-timeout", "0.3"]
+            ["--debug", "tail", missing, "--redis-url", redis_url, "--backend", backend, "--missing-timeout", "0.3"]
         )
 
 
@@ -239,7 +242,7 @@ def test_tail_bad_run_id_is_one_line():
     assert_one_line_error(result.stderr, "tail")
 
 
-def test_tail_unreachable_redis_is_one_line():
+def test_tail_unreachable_redis_is_one_line(backend):
     """--retry-timeout bounds how long an unreachable Redis is retried; the
     error names Redis, not the writer."""
     result = sse_redis(
@@ -247,6 +250,8 @@ def test_tail_unreachable_redis_is_one_line():
         "cli-nowhere",
         "--redis-url",
         UNREACHABLE,
+        "--backend",
+        backend,
         "--missing-timeout",
         "0.3",
         "--idle-timeout",
@@ -260,8 +265,8 @@ def test_tail_unreachable_redis_is_one_line():
     assert result.stdout == ""
 
 
-def test_demo_unreachable_redis_is_one_line():
-    result = sse_redis("demo", "--redis-url", UNREACHABLE)
+def test_demo_unreachable_redis_is_one_line(backend):
+    result = sse_redis("demo", "--redis-url", UNREACHABLE, "--backend", backend)
     assert result.returncode != 0
     line = assert_one_line_error(result.stderr, "demo")
     assert "cannot reach Redis" in line

@@ -108,11 +108,11 @@ def test_redis_cluster_client_and_async_reader(backend, valkey_cluster, run_id, 
         client.close()
 
 
-def test_cluster_false_with_cluster_client_is_refused(valkey_cluster):
+def test_cluster_false_with_cluster_client_is_refused(backend, valkey_cluster):
     client = RedisCluster.from_url(valkey_cluster.seed_url)
     try:
         with pytest.raises(ValueError, match="cluster=False"):
-            StreamWriter(client, cluster=False)
+            StreamWriter(client, cluster=False, backend=backend)
     finally:
         client.close()
 
@@ -232,10 +232,10 @@ def test_unix_socket_cannot_reach_a_cluster(face):
         face("unix:///tmp/nowhere.sock", cluster=True)
 
 
-def test_plain_client_still_means_one_server(valkey_cluster):
+def test_plain_client_still_means_one_server(backend, valkey_cluster):
     client = redis_py.Redis.from_url(valkey_cluster.seed_url)
     try:
-        assert StreamWriter(client).cluster is False
+        assert StreamWriter(client, backend=backend).cluster is False
     finally:
         client.close()
 

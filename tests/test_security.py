@@ -263,7 +263,7 @@ def test_client_ssl_setting_the_rust_engine_cannot_honour(backend: str, tls_serv
 
 
 @pytest.mark.parametrize("asyncio_client", [False, True])
-def test_sentinel_managed_client_is_refused_clearly(asyncio_client: bool) -> None:
+def test_sentinel_managed_client_is_refused_clearly(backend: str, asyncio_client: bool) -> None:
     """A Sentinel-managed client has no fixed address; taking its pool's
     defaults would silently point at localhost. Refused with a clear error
     (nothing connects: building the client does no I/O)."""
@@ -273,6 +273,6 @@ def test_sentinel_managed_client_is_refused_clearly(asyncio_client: bool) -> Non
         from redis.sentinel import Sentinel
     client = Sentinel([("127.0.0.1", 1)]).master_for("mymaster")
     with pytest.raises(ValueError, match="Sentinel"):
-        StreamWriter(client)
+        StreamWriter(client, backend=backend)
     with pytest.raises(ValueError, match="Sentinel"):
-        StreamReader(client)
+        StreamReader(client, backend=backend)
