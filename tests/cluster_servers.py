@@ -10,11 +10,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis as redis_py
-from typing_extensions import Self
 
 from sse_redis.tools.servers import RedisProcess, ServerError, free_port, valkey_binary
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 SLOT_COUNT = 16384
 HOST = "127.0.0.1"

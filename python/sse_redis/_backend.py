@@ -11,6 +11,7 @@ from types import ModuleType
 
 from . import _pure
 
+_core: ModuleType | None
 try:
     from . import _core
 except ImportError:  # no binary wheel for this platform: the twin serves

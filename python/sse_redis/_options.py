@@ -35,10 +35,10 @@ def _seconds(name: str, value: Any, zero: bool, unlimited: bool, alternative: st
     rule = (">= 0" if zero else "> 0") + (" (inf: no limit)" if unlimited else "") + alternative
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number of seconds {rule}, not {value!r}")
-    value = float(value)
-    if math.isnan(value) or value < 0 or (value == 0 and not zero) or (math.isinf(value) and not unlimited):
-        raise ValueError(f"{name} must be a number of seconds {rule}, not {value!r}")
-    return value
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not zero) or (math.isinf(seconds) and not unlimited):
+        raise ValueError(f"{name} must be a number of seconds {rule}, not {seconds!r}")
+    return seconds
 
 
 def count(name: str, value: Any, *, minimum: int = 1) -> int:

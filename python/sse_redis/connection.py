@@ -28,10 +28,11 @@ import inspect
 import re
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -247,7 +248,7 @@ def _read_url(url: str) -> dict[str, Any]:
         auth = quote(unquote(user), safe="") + (":" + quote(unquote(password), safe="") if colon else "")
         url = f"{scheme}://{auth}@{rest}"
     try:
-        kwargs = redis_parse_url(url)
+        kwargs: dict[str, Any] = redis_parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     except (ValueError, TypeError) as exc:
         message = str(exc)
         reason = message if message.startswith("Invalid value for '") else "malformed"
@@ -427,7 +428,7 @@ def _cert_reqs_none(value: Any) -> bool:
         return True  # what redis-py makes of None
     if isinstance(value, str):
         return value.lower() == "none"
-    return value == ssl.CERT_NONE
+    return bool(value == ssl.CERT_NONE)
 
 
 # ------------------------------------------------------------------ redaction

@@ -46,9 +46,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, Any
 
 from .. import _backend
 from ..connection import resolve_target
@@ -56,6 +54,9 @@ from ..keys import KeyLayout
 from ..processor import OnFinish, aprocess_stream, settle
 from ..reader import AsyncStreamReader
 from ..writer import AsyncStreamWriter
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 __all__ = [
     "RedisSSEStreamWriter",
@@ -83,13 +84,13 @@ class RunUpdate:
 
     status: str
     stop_reason: str | None = None
-    metadata: dict | None = None
+    metadata: dict[str, Any] | None = None
 
 
 _letta_types: Any = None  # (RunUpdate, RunStatus) of the letta package, False when absent
 
 
-def make_run_update(status: str, stop_reason: str | None, metadata: dict | None = None) -> Any:
+def make_run_update(status: str, stop_reason: str | None, metadata: dict[str, Any] | None = None) -> Any:
     """A ``RunUpdate``: Letta's when ``letta`` imports, else this module's."""
     global _letta_types
     if _letta_types is None:
@@ -126,8 +127,8 @@ def _target(redis_client: Any) -> Any:
 
 _lock = threading.Lock()
 _generation = 0  # bumped by close_shared: facades then fetch fresh engines
-_writers: dict[tuple, AsyncStreamWriter] = {}
-_readers: dict[tuple, AsyncStreamReader] = {}
+_writers: dict[tuple[Any, ...], AsyncStreamWriter] = {}
+_readers: dict[tuple[Any, ...], AsyncStreamReader] = {}
 
 
 def _shared_writer(url: str, options: dict[str, Any]) -> AsyncStreamWriter:
@@ -274,7 +275,7 @@ class RedisSSEStreamWriter:
         if first is not None:
             raise first
 
-    async def write_chunk(self, run_id: str, data: str, is_complete: bool = False) -> int:
+    async def write_chunk(self, run_id: str, data: str | bytes | bytearray, is_complete: bool = False) -> int:
         """Queue one SSE chunk of ``run_id`` and return its seq id (1, 2, ...).
 
         ``is_complete`` marks the run's last chunk; such a write returns once

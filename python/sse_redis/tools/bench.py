@@ -8,6 +8,7 @@ pytest-benchmark; this is the quick way to see them on your own machine.
 
 from __future__ import annotations
 
+import functools
 import sys
 import timeit
 import uuid
@@ -90,7 +91,7 @@ def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) ->
     corpus = llm_run_chunks(2000 if quick else 10_000)
     chunk = min(corpus[:-3], key=lambda c: abs(len(c) - 300))
     results = Results(backends)
-    steps: list[tuple[str, Callable[[str], None]]] = []
+    steps: list[tuple[str, Callable[[], None]]] = []
     probe = ServerProbe(url)
 
     def codec(backend: str) -> None:
@@ -137,13 +138,13 @@ def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) ->
         ("delivery latency", delivery),
     ):
         for backend in backends:
-            steps.append((f"{name} ({backend})", lambda b=backend, f=fn: f(b)))
+            steps.append((f"{name} ({backend})", functools.partial(fn, backend)))
 
     progress = Progress(len(steps))
     try:
-        for label, fn in steps:
+        for label, step in steps:
             progress.step(label)
-            fn()
+            step()
     finally:
         progress.finish()
         probe.close()

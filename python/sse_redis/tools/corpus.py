@@ -14,6 +14,7 @@ import json
 import random
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 # Mostly ASCII prose, with the non-ASCII text real model output carries.
 _WORDS = [
@@ -99,7 +100,7 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _chunk(payload: dict, rng: random.Random) -> str:
+def _chunk(payload: dict[str, Any], rng: random.Random) -> str:
     separators = _SPACED if rng.random() < 0.2 else _COMPACT
     return f"data: {json.dumps(payload, separators=separators, ensure_ascii=False)}\n\n"
 
@@ -124,7 +125,7 @@ def llm_run_chunks(n: int = 10_000, seed: int = 0) -> list[str]:
             call_id, tool = f"call_{_uuid(rng).replace('-', '')[:24]}", rng.choice(_TOOLS)
             for i in range(deltas):
                 clock += timedelta(milliseconds=rng.randint(5, 60))
-                payload = {
+                payload: dict[str, Any] = {
                     "id": message_id,
                     "date": clock.isoformat(),
                     "run_id": None,

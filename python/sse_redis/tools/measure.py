@@ -174,7 +174,7 @@ class ArrivalWatcher:
 
     def _watch(self) -> None:
         while not self._stop:
-            reply = self.client.xread({self.key: self._last}, block=0)
+            reply: Any = self.client.xread({self.key: self._last}, block=0)
             now = time.perf_counter_ns()
             with self._cond:
                 for _key, entries in reply:
@@ -245,7 +245,7 @@ async def _close(obj: Any) -> None:
         await result
 
 
-async def _stop(tasks: list[asyncio.Future], reader: Any) -> None:
+async def _stop(tasks: Sequence[asyncio.Future[Any]], reader: Any) -> None:
     """Cancel the consumers, then close the reader.  A consumer that lost its
     cancellation (redis-py sometimes swallows one) gets it again once the
     reader is closed."""

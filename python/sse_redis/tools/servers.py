@@ -15,8 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -55,7 +57,7 @@ def redis_binary() -> str | None:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 class RedisProcess:
@@ -87,7 +89,7 @@ class RedisProcess:
             return f"rediss://localhost:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 15.0) -> RedisProcess:
+    def start(self, timeout: float = 15.0) -> Self:
         if self.tls:
             cert, key, ca = self.tls
             ports = [
