@@ -19,9 +19,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{RedisError, RedisResult, Value};
+use redis::{Cmd, RedisError, RedisResult, Value};
+use thiserror::Error;
 
-use super::conn::{self, Link, Target};
+use super::links::{self, Link, Target, TargetError};
 use super::entries::parse_range;
 
 const APPEND_SCRIPT: &str = include_str!("../../python/sse_redis/append.lua");
@@ -35,14 +36,90 @@ const MAX_CALL_CHUNKS: usize = 512;
 const LARGE_CHUNK_BYTES: usize = 1 << 20;
 const MAX_SUPERSEDED: usize = 1024;
 
-#[derive(Clone, Debug)]
+/// Why a write, flush or control command failed. Cloned: a broken run's
+/// error is raised to each of its later callers, an open's to each waiter.
+/// `py::errors` picks the Python class of each variant; the message is the
+/// `Display` (the pure twin raises the same texts).
+#[derive(Clone, Debug, Error)]
 pub enum WriteError {
-    Closed(String),
-    Stale(String),
-    Timeout(String),
-    Unavailable(String),
-    Redis(String),
+    // -- RunClosedError: the run's terminal chunk is stored
+    #[error("run stream {key:?} is already complete")]
+    AlreadyComplete { key: String },
+    #[error("run stream {key:?} was completed by another writer at seq {top}")]
+    CompletedElsewhere { key: String, top: u64 },
+    // -- StaleWriterError: another writer has written to the run
+    #[error("run stream {key:?} vanished (expired or deleted) after seq {after}")]
+    Vanished { key: String, after: u64 },
+    #[error("run stream {key:?}: seq {top} was written by another writer")]
+    Overwritten { key: String, top: u64 },
+    #[error("run stream {key:?} is at seq {top}, not {expected}: another writer has written to it")]
+    Diverged { key: String, top: u64, expected: u64 },
+    // -- WriteTimeout: the caller's timeout ran out
+    #[error("run stream {key:?} could not be opened within {}: Redis did not answer", secs(.timeout))]
+    OpenTimeout { key: String, timeout: Duration },
+    #[error("{pending} chunks waiting for Redis; no room within {}", secs(.timeout))]
+    NoRoom { pending: usize, timeout: Duration },
+    #[error("flush did not finish within {}", secs(.timeout))]
+    FlushTimeout { timeout: Duration },
+    // -- RedisUnavailable: the retry deadline passed
+    #[error("Redis unreachable: {0}")]
+    Unreachable(LinkFailure),
+    #[error("Redis unreachable for {}: {failure}", secs(.retry_timeout))]
+    UnreachableFor { retry_timeout: Duration, failure: LinkFailure },
+    // -- SSERedisError: Redis refused, or the engine cannot go on
+    #[error("Redis refused a command: {0}")]
+    CommandRefused(RedisError),
+    #[error("Redis refused a batch: {0}")]
+    BatchRefused(RedisError),
+    #[error("Redis refused a batch for {key:?}: {source}")]
+    RunBatchRefused { key: String, source: RedisError },
+    #[error("Redis refused a read: {0}")]
+    ReadRefused(RedisError),
+    #[error("Redis refused a chunk of {size} bytes for {key:?} (over its proto-max-bulk-len?): {source}")]
+    ChunkRefused { key: String, size: usize, source: RedisError },
+    #[error("Redis refused writes for {}: out of memory (maxmemory): {source}", secs(.retry_timeout))]
+    OutOfMemory { retry_timeout: Duration, source: RedisError },
+    #[error("{key:?} holds a value that is not a stream")]
+    NotAStream { key: String },
+    #[error("unexpected script reply {0:?}")]
+    UnexpectedReply(Value),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("cannot start the writer thread: {0}")]
+    Thread(Arc<std::io::Error>),
+    #[error("no OS randomness for the writer id: {0}")]
+    NoRandomness(getrandom::Error),
+    #[error("the writer is closed")]
     EngineClosed,
+}
+
+/// What a link did when it gave up, in words: a read the socket timeout
+/// ended is a link that went silent (which the OS calls "Resource temporarily
+/// unavailable (os error 11)").
+#[derive(Clone, Debug, Error)]
+pub enum LinkFailure {
+    #[error("no reply within {} (timed out)", secs(.0))]
+    Silent(Duration),
+    #[error("{0}")]
+    Broken(RedisError),
+    /// Not a broken link, but retried like one: a batch is not safe until replicated.
+    #[error("{acked} of {wanted} replicas acknowledged within {timeout_ms} ms")]
+    TooFewReplicas { acked: u64, wanted: u64, timeout_ms: u64 },
+}
+
+impl LinkFailure {
+    fn of(err: &RedisError, socket_timeout: Duration) -> LinkFailure {
+        if err.is_timeout() {
+            LinkFailure::Silent(socket_timeout)
+        } else {
+            LinkFailure::Broken(err.clone())
+        }
+    }
+}
+
+/// Seconds as both engines word them: `30.0s`, `0.5s`.
+fn secs(duration: &Duration) -> String {
+    format!("{:?}s", duration.as_secs_f64())
 }
 
 pub struct Options {
@@ -75,10 +152,10 @@ struct Chunk {
     complete: bool,
 }
 
-/// What the engine knows of one open run. `gen` tells a run apart from a
+/// What the engine knows of one open run. `epoch` tells a run apart from a
 /// later run under the same key (the Python twin uses object identity).
 struct Run {
-    gen: u64,
+    epoch: u64,
     queue: VecDeque<Chunk>,
     next_seq: u64,
     stored: u64,
@@ -138,25 +215,25 @@ struct State {
     failed: Vec<(String, u64)>,
     closed: bool,
     stats: Stats,
-    next_gen: u64,
+    next_epoch: u64,
     /// Terminals that found their run completed by another writer, so
     /// `complete` can say it was a no-op (the latest few only: bounded).
     superseded: VecDeque<(String, u64)>,
 }
 
 impl State {
-    fn run(&self, key: &str, gen: u64) -> Option<&Run> {
-        self.runs.get(key).filter(|r| r.gen == gen)
+    fn run(&self, key: &str, epoch: u64) -> Option<&Run> {
+        self.runs.get(key).filter(|r| r.epoch == epoch)
     }
 
-    /// The broken run's error, now seen by the caller (so a flush of every
-    /// run does not report it again); the run stays broken.
-    fn report(&mut self, key: &str) -> WriteError {
-        let run = self.runs.get(key).expect("report: run present");
-        let gen = run.gen;
-        let error = run.error.clone().expect("report: run is broken");
-        self.failed.retain(|(k, g)| !(k == key && *g == gen));
-        error
+    /// The run's error if it is broken, now seen by the caller (so a flush of
+    /// every run does not report it again); the run stays broken.
+    fn report(&mut self, key: &str, epoch: u64) -> Result<(), WriteError> {
+        self.failed.retain(|(k, g)| !(k == key && *g == epoch));
+        match self.run(key, epoch).and_then(|r| r.error.clone()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     fn has_work(&self) -> bool {
@@ -166,7 +243,7 @@ impl State {
 
 struct Batch {
     key: String,
-    gen: u64,
+    epoch: u64,
     chunks: Vec<Chunk>,
     trusted_on: Option<u64>,
     /// The seq before the batch is one this writer handed out: the stream's
@@ -225,13 +302,13 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
-fn shown(timeout: Option<Duration>) -> String {
-    format!("{:?}s", timeout.unwrap_or_default().as_secs_f64())
-}
 
 impl Engine {
-    pub fn new(url: &str, opts: Options) -> Result<Engine, WriteError> {
-        let target = Arc::new(Target::new(url, opts.cluster).map_err(WriteError::Redis)?);
+    pub fn new(url: &str, mut opts: Options) -> Result<Engine, WriteError> {
+        // Trusted (the binding checks them), but a zero must not stall a write.
+        opts.flush_size = opts.flush_size.max(1);
+        opts.max_pending = opts.max_pending.max(1);
+        let target = Arc::new(Target::new(url, opts.cluster)?);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -242,7 +319,7 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("sse-redis-writer".into())
             .spawn(move || sender.run())
-            .map_err(|e| WriteError::Redis(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| WriteError::Thread(Arc::new(e)))?;
         Ok(Engine { shared, target, control: Mutex::new(None), sender: Mutex::new(Some(handle)) })
     }
 
@@ -264,14 +341,12 @@ impl Engine {
             };
             let err = match result {
                 Ok(value) => return Ok(value),
-                Err(err) if !conn::is_link_error(&err) => {
-                    return Err(WriteError::Redis(format!("Redis refused a command: {err}")))
-                }
+                Err(err) if !links::is_link_error(&err) => return Err(WriteError::CommandRefused(err)),
                 Err(err) => err,
             };
             *slot = None;
             if Instant::now() + delay > deadline || self.shared.lock().closed {
-                return Err(WriteError::Unavailable(format!("Redis unreachable: {}", link_error_text(&err, opts.socket_timeout))));
+                return Err(WriteError::Unreachable(LinkFailure::of(&err, opts.socket_timeout)));
             }
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(1));
@@ -279,14 +354,7 @@ impl Engine {
     }
 
     /// Has the sender learn where the run stands in Redis (first write only)
-    /// and waits for it, at most `timeout`.
-    pub fn open(&self, key: &str, timeout: Option<Duration>) -> Result<(), WriteError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let state = self.shared.lock();
-        drop(self.opened(state, key, deadline, timeout)?);
-        Ok(())
-    }
-
+    /// and waits for it, at most `timeout`; returns the lock.
     fn opened<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
@@ -298,11 +366,10 @@ impl Engine {
             return Ok(state);
         }
         if !state.opening.contains_key(key) {
-            state.opening.insert(key.to_owned(), Opening::default());
             state.to_open.push(key.to_owned());
             self.shared.changed.notify_all();
         }
-        state.opening.get_mut(key).expect("inserted above").waiting += 1;
+        state.opening.entry(key.to_owned()).or_default().waiting += 1;
         let result = loop {
             if state.closed {
                 break Err(WriteError::EngineClosed);
@@ -315,10 +382,7 @@ impl Engine {
             }
             let left = remaining(deadline);
             if left == Some(Duration::ZERO) {
-                break Err(WriteError::Timeout(format!(
-                    "run stream {key:?} could not be opened within {}: Redis did not answer",
-                    shown(timeout)
-                )));
+                break Err(WriteError::OpenTimeout { key: key.to_owned(), timeout: timeout.unwrap_or_default() });
             }
             state = self.shared.wait(state, left);
         };
@@ -364,11 +428,7 @@ impl Engine {
             }
             let left = remaining(deadline);
             if left == Some(Duration::ZERO) {
-                return Err(WriteError::Timeout(format!(
-                    "{} chunks waiting for Redis; no room within {}",
-                    state.pending,
-                    shown(timeout)
-                )));
+                return Err(WriteError::NoRoom { pending: state.pending, timeout: timeout.unwrap_or_default() });
             }
             state = self.shared.wait(state, left);
         }
@@ -390,11 +450,12 @@ impl Engine {
         let Some(run) = state.runs.get_mut(key) else { return Ok(Err(data)) };
         if run.error.is_some() {
             if kind != Kind::ErrorTerminal || run.closing {
-                return Err(state.report(key));
+                let epoch = run.epoch;
+                return state.report(key, epoch).map(|()| Err(data));
             }
             run.ending = true;
         } else if run.closing {
-            return Err(WriteError::Closed(format!("run stream {key:?} is already complete")));
+            return Err(WriteError::AlreadyComplete { key: key.to_owned() });
         } else if run.must_wait(pending, &self.shared.opts) {
             return Ok(Err(data));
         }
@@ -423,26 +484,26 @@ impl Engine {
             .runs
             .iter()
             .filter(|(k, _)| key.is_none_or(|want| want == k.as_str()))
-            .map(|(k, r)| (k.clone(), r.gen, r.next_seq - 1))
+            .map(|(k, r)| (k.clone(), r.epoch, r.next_seq - 1))
             .collect();
-        for (k, gen, target) in &targets {
+        for (k, epoch, target) in &targets {
             // A broken run's error terminal is still awaited: it may yet be stored.
-            while state.run(k, *gen).is_some_and(|r| r.stored < *target && (r.error.is_none() || r.ending)) {
+            while state.run(k, *epoch).is_some_and(|r| r.stored < *target && (r.error.is_none() || r.ending)) {
                 let left = remaining(deadline);
                 if left == Some(Duration::ZERO) {
-                    return Err(WriteError::Timeout(format!("flush did not finish within {}", shown(timeout))));
+                    return Err(WriteError::FlushTimeout { timeout: timeout.unwrap_or_default() });
                 }
                 state = self.shared.wait(state, left);
             }
         }
         match key {
             None => match state.failed.first().cloned() {
-                Some((k, _)) => Err(state.report(&k)),
+                Some((k, epoch)) => state.report(&k, epoch),
                 None => Ok(()),
             },
             Some(k) => match targets.first() {
-                Some((_, gen, _)) if state.run(k, *gen).is_some_and(|r| r.error.is_some()) => Err(state.report(k)),
-                _ => Ok(()),
+                Some((_, epoch, _)) => state.report(k, *epoch),
+                None => Ok(()),
             },
         }
     }
@@ -471,17 +532,17 @@ impl Engine {
         {
             let mut state = self.shared.lock();
             if let Some(run) = state.runs.get_mut(key) {
-                let (gen, dropped) = (run.gen, run.queue.len());
+                let (epoch, dropped) = (run.epoch, run.queue.len());
                 run.queue.clear();
                 run.closing = true; // no new writes while it goes
                 run.ending = false;
                 state.pending -= dropped;
-                while state.run(key, gen).is_some_and(|r| r.in_flight > 0) {
+                while state.run(key, epoch).is_some_and(|r| r.in_flight > 0) {
                     state = self.shared.wait(state, None);
                 }
-                if state.run(key, gen).is_some() {
+                if state.run(key, epoch).is_some() {
                     state.runs.remove(key);
-                    state.failed.retain(|(k, g)| !(k == key && *g == gen));
+                    state.failed.retain(|(k, g)| !(k == key && *g == epoch));
                 }
                 self.shared.changed.notify_all();
             }
@@ -518,22 +579,11 @@ impl Drop for Engine {
     }
 }
 
-/// A link error in words: a read the socket timeout ended is a link that went
-/// silent, which the OS calls "Resource temporarily unavailable (os error 11)".
-fn link_error_text(err: &RedisError, socket_timeout: Duration) -> String {
-    // (a short WAIT is reported as a timeout too, in words of its own: kept)
-    if err.is_timeout() && !err.to_string().contains("replicas") {
-        format!("no reply within {:?}s (timed out)", socket_timeout.as_secs_f64())
-    } else {
-        err.to_string()
-    }
-}
-
 /// 128 bits from the OS: unique across processes, forks and hosts (a forked
 /// child builds its own engine, so draws its own id).
 fn writer_id() -> Result<String, WriteError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| WriteError::Redis(format!("no OS randomness for the writer id: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(WriteError::NoRandomness)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -580,7 +630,7 @@ impl Sender {
             if self.target.is_cluster() {
                 // One script call covers one slot: gather each slot's batches
                 // (a stable sort keeps every run's batches in seq order).
-                work.batches.sort_by(|a, b| conn::slot_group(&a.key).cmp(conn::slot_group(&b.key)));
+                work.batches.sort_by(|a, b| links::slot_group(&a.key).cmp(links::slot_group(&b.key)));
             }
             let (tops, outcomes) = self.send_all(&work);
             let mut state = self.shared.lock();
@@ -627,81 +677,98 @@ impl Sender {
         let fail_all = |error: WriteError| {
             (opens.iter().map(|_| Err(error.clone())).collect(), batches.iter().map(|_| Outcome::Failed(error.clone())).collect())
         };
-        let secs = self.shared.opts.retry_timeout.as_secs_f64();
-        let socket_timeout = self.shared.opts.socket_timeout;
-        let gave_up = |err: &RedisError| {
-            if err.code() == Some("OOM") {
-                WriteError::Redis(format!("Redis refused writes for {secs:?}s: out of memory (maxmemory): {err}"))
-            } else {
-                WriteError::Unavailable(format!("Redis unreachable for {secs:?}s: {}", link_error_text(err, socket_timeout)))
-            }
-        };
         loop {
-            let err = match self.pipeline(opens, batches) {
+            let failure = match self.pipeline(opens, batches) {
                 Ok((tops, replies)) => {
                     // "Not now" (a restarted server loading, or out of memory):
                     // the whole pipeline again, which the script makes safe;
                     // at the deadline, what did land counts and the rest fails.
                     let transient = tops.iter().chain(&replies).find_map(|r| match r {
-                        Err(e) if conn::is_transient_reply(e) => Some(e.clone()),
+                        Err(e) if links::is_transient_reply(e) => Some(e.clone()),
                         _ => None,
                     });
                     let last_try = Instant::now() + delay > deadline || self.shared.lock().closed;
                     match transient {
-                        Some(err) if !last_try => err,
-                        _ => {
-                            let tops = tops
-                                .into_iter()
-                                .map(|r| r.map_err(|e| match conn::is_transient_reply(&e) {
-                                    true => gave_up(&e),
-                                    false => WriteError::Redis(format!("Redis refused a read: {e}")),
-                                }))
-                                .collect();
-                            let outcomes = batches
-                                .iter()
-                                .zip(replies)
-                                .map(|(b, r)| match r {
-                                    Err(e) if conn::is_transient_reply(&e) => Outcome::Failed(gave_up(&e)),
-                                    Err(e) if isolated => Outcome::Failed(refused_chunk(b, &e)),
-                                    r => outcome(b, r),
-                                })
-                                .collect::<Vec<_>>();
-                            if isolated && matches!(outcomes.first(), Some(Outcome::Failed(_))) {
-                                self.con = None; // a server refusing a bulk that long drops the link too
-                            }
-                            return (tops, outcomes);
-                        }
+                        Some(err) if !last_try => SendError::Redis(err),
+                        _ => return self.settle(tops, replies, batches, isolated),
                     }
                 }
-                Err(err) => err,
+                Err(failure) => failure,
             };
-            if !conn::is_link_error(&err) {
-                self.con = None; // e.g. a protocol error, after which the server closes the link
-                let error = match isolated {
-                    true => refused_chunk(&batches[0], &err),
-                    false => WriteError::Redis(format!("Redis refused a batch: {err}")),
-                };
-                return fail_all(error);
-            }
-            if !conn::is_transient_reply(&err) {
-                self.con = None;
-                // The server dropping the link while a large chunk went, twice,
-                // and answering a fresh connection at once: it refused the chunk.
-                if isolated && self.server_answers() {
-                    refusals += 1;
-                    if refusals == 2 {
-                        return fail_all(refused_chunk(&batches[0], &err));
+            if let SendError::Redis(err) = &failure {
+                if !links::is_link_error(err) {
+                    self.con = None; // e.g. a protocol error, after which the server closes the link
+                    let error = match isolated {
+                        true => refused_chunk(&batches[0], err),
+                        false => WriteError::BatchRefused(err.clone()),
+                    };
+                    return fail_all(error);
+                }
+                if !links::is_transient_reply(err) {
+                    self.con = None;
+                    // The server dropping the link while a large chunk went, twice,
+                    // and answering a fresh connection at once: it refused the chunk.
+                    if isolated && self.server_answers() {
+                        refusals += 1;
+                        if refusals == 2 {
+                            return fail_all(refused_chunk(&batches[0], err));
+                        }
                     }
                 }
             }
             let mut state = self.shared.lock();
             state.stats.retries += 1;
             if Instant::now() + delay > deadline || state.closed {
-                return fail_all(gave_up(&err));
+                return fail_all(self.gave_up(failure));
             }
             drop(self.shared.wait(state, Some(delay))); // woken early by close
             delay = (delay * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// The last try's replies as each open's top and each batch's outcome (a
+    /// "not now" reply left at the deadline fails its own open or batch).
+    fn settle(
+        &mut self,
+        tops: Vec<RedisResult<Value>>,
+        replies: Vec<RedisResult<Value>>,
+        batches: &[Batch],
+        isolated: bool,
+    ) -> (Vec<Result<Value, WriteError>>, Vec<Outcome>) {
+        let tops = tops
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match links::is_transient_reply(&e) {
+                    true => self.gave_up(SendError::Redis(e)),
+                    false => WriteError::ReadRefused(e),
+                })
+            })
+            .collect();
+        let outcomes = batches
+            .iter()
+            .zip(replies)
+            .map(|(b, r)| match r {
+                Err(e) if links::is_transient_reply(&e) => Outcome::Failed(self.gave_up(SendError::Redis(e))),
+                Err(e) if isolated => Outcome::Failed(refused_chunk(b, &e)),
+                r => outcome(b, r),
+            })
+            .collect::<Vec<_>>();
+        if isolated && matches!(outcomes.first(), Some(Outcome::Failed(_))) {
+            self.con = None; // a server refusing a bulk that long drops the link too
+        }
+        (tops, outcomes)
+    }
+
+    /// The error of a pipeline that failed until the retry deadline.
+    fn gave_up(&self, failure: SendError) -> WriteError {
+        let opts = &self.shared.opts;
+        let retry_timeout = opts.retry_timeout;
+        let failure = match failure {
+            SendError::Redis(err) if err.code() == Some("OOM") => return WriteError::OutOfMemory { retry_timeout, source: err },
+            SendError::Redis(err) => LinkFailure::of(&err, opts.socket_timeout),
+            SendError::TooFewReplicas(failure) => failure,
+        };
+        WriteError::UnreachableFor { retry_timeout, failure }
     }
 
     fn server_answers(&self) -> bool {
@@ -713,106 +780,149 @@ impl Sender {
     }
 
     /// The opens' `XREVRANGE`s and one script call per group of batches (then
-    /// `WAIT`, when asked): one reply per open and one per batch.
-    #[allow(clippy::type_complexity)]
-    fn pipeline(&mut self, opens: &[String], batches: &[Batch]) -> RedisResult<(Vec<RedisResult<Value>>, Vec<RedisResult<Value>>)> {
-        let opts = &self.shared.opts;
-        if self.con.is_none() {
-            self.con = Some(self.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?);
-            self.con_id += 1;
-        }
-        let con = self.con.as_mut().expect("connected above");
-        if !self.script_loaded && !batches.is_empty() {
-            self.script.prepare_invoke().load(con)?; // every master, on a cluster
-            self.script_loaded = true;
-        }
-        let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
-        let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
+    /// `WAIT`, when asked): one reply per open and one per batch. Sent again,
+    /// once, when the server had lost the script.
+    fn pipeline(&mut self, opens: &[String], batches: &[Batch]) -> Result<(Vec<RedisResult<Value>>, Vec<RedisResult<Value>>), SendError> {
         let groups = groups(batches, self.target.is_cluster());
-        let mut cmds = Vec::with_capacity(opens.len() + groups.len());
-        for key in opens {
-            cmds.push(redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).clone());
-        }
-        // Trusted: the run's last batch landed on this very connection. Only
-        // the first batch of a run in a pipeline; the script trusts the next
-        // ones of a call itself. Never on a cluster, where the client may move
-        // to another node (a promoted replica) without a new connection.
-        let mut seen = std::collections::HashSet::new();
-        for group in &groups {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.script.get_hash()).arg(group.len());
-            for batch in *group {
-                cmd.arg(&batch.key);
-            }
-            cmd.arg(&self.shared.writer_id).arg(&max_len).arg(&ttl);
-            for batch in *group {
-                let trusted = seen.insert(batch.key.as_str())
-                    && !self.target.is_cluster()
-                    && batch.trusted_on == Some(self.con_id);
-                let mode = match batch.after_break {
-                    Some(after) => format!("a{after}"),
-                    None if trusted => "1".to_owned(),
-                    None if batch.own => "o".to_owned(),
-                    None => String::new(),
-                };
-                cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(mode);
-                for chunk in &batch.chunks {
-                    cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
-                }
-            }
-            cmds.push(cmd);
-        }
-        self.shared.lock().stats.pipelines += 1;
-        let mut replies = con.pipeline(cmds)?; // one result per command, on either kind of link
-        if replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT"))) {
+        let noscript = |replies: &[RedisResult<Value>]| replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")));
+        let mut replies = self.exchange(opens, &groups)?;
+        if noscript(&replies) {
             self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH, failover)
-            return self.pipeline(opens, batches);
+            replies = self.exchange(opens, &groups)?;
         }
-        if replies.iter().any(|r| matches!(r, Err(e) if conn::is_transient_reply(e) && e.code() != Some("OOM"))) {
+        if replies.iter().any(|r| matches!(r, Err(e) if links::is_transient_reply(e) && e.code() != Some("OOM"))) {
             self.script_loaded = false; // a restarted server (-LOADING) has no scripts either
         }
-        if opts.wait_replicas > 0 && !batches.is_empty() {
+        if self.shared.opts.wait_replicas > 0 && !batches.is_empty() && !noscript(&replies) {
             self.wait_replicas(batches)?;
         }
         let calls = replies.split_off(opens.len());
-        // A call's reply holds one reply per batch; a whole call failing fails each of them.
-        let mut per_batch = Vec::with_capacity(batches.len());
-        for (group, reply) in groups.iter().zip(calls) {
-            match reply {
-                Ok(Value::Array(items)) if items.len() == group.len() => per_batch.extend(items.into_iter().map(Ok)),
-                Ok(other) => per_batch.extend(group.iter().map(|_| Ok(other.clone()))),
-                Err(e) => per_batch.extend(group.iter().map(|_| Err(e.clone()))),
+        Ok((replies, per_batch(&groups, calls)))
+    }
+
+    /// Connects when needed, loads the script when needed, and sends the
+    /// commands: one result per command, on either kind of link.
+    fn exchange(&mut self, opens: &[String], groups: &[&[Batch]]) -> RedisResult<Vec<RedisResult<Value>>> {
+        let cmds = {
+            let mut cmds: Vec<Cmd> = opens.iter().map(|key| read_top(key)).collect();
+            if !groups.is_empty() {
+                self.load_script()?;
+            }
+            let con_id = self.connect()?.1;
+            let mut seen = std::collections::HashSet::new();
+            cmds.extend(groups.iter().map(|group| self.script_call(group, con_id, &mut seen)));
+            cmds
+        };
+        self.shared.lock().stats.pipelines += 1;
+        self.connect()?.0.pipeline(cmds)
+    }
+
+    /// The sender's link and which one it is, made when there is none.
+    fn connect(&mut self) -> RedisResult<(&mut Link, u64)> {
+        if self.con.is_none() {
+            let opts = &self.shared.opts;
+            self.con = Some(self.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?);
+            self.con_id += 1;
+        }
+        match self.con.as_mut() {
+            Some(con) => Ok((con, self.con_id)),
+            None => Err(RedisError::from((redis::ErrorKind::Client, "no connection"))),
+        }
+    }
+
+    fn load_script(&mut self) -> RedisResult<()> {
+        if !self.script_loaded {
+            let script = self.script.clone();
+            script.prepare_invoke().load(self.connect()?.0)?; // every master, on a cluster
+            self.script_loaded = true;
+        }
+        Ok(())
+    }
+
+    /// One `EVALSHA` of `append.lua` for a group of batches.
+    ///
+    /// Trusted: the run's last batch landed on this very connection. Only the
+    /// first batch of a run in a pipeline (`seen`); the script trusts the next
+    /// ones of a call itself. Never on a cluster, where the client may move
+    /// to another node (a promoted replica) without a new connection.
+    fn script_call<'b>(&self, group: &'b [Batch], con_id: u64, seen: &mut std::collections::HashSet<&'b str>) -> Cmd {
+        let opts = &self.shared.opts;
+        let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
+        let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(group.len());
+        for batch in group {
+            cmd.arg(&batch.key);
+        }
+        cmd.arg(&self.shared.writer_id).arg(&max_len).arg(&ttl);
+        for batch in group {
+            let trusted =
+                seen.insert(batch.key.as_str()) && !self.target.is_cluster() && batch.trusted_on == Some(con_id);
+            let mode = match batch.after_break {
+                Some(after) => format!("a{after}"),
+                None if trusted => "1".to_owned(),
+                None if batch.own => "o".to_owned(),
+                None => String::new(),
+            };
+            cmd.arg(batch.chunks[0].seq).arg(batch.chunks.len()).arg(mode);
+            for chunk in &batch.chunks {
+                cmd.arg(&chunk.data).arg(chunk.timestamp).arg(if chunk.complete { "1" } else { "" });
             }
         }
-        Ok((replies, per_batch))
+        cmd
     }
 
     /// `WAIT` for the replicas: until they have the batches, they are not
     /// acknowledged, and the whole pipeline is sent again (the script skips
     /// what is stored).
-    fn wait_replicas(&mut self, batches: &[Batch]) -> RedisResult<()> {
-        let opts = &self.shared.opts;
-        let con = self.con.as_mut().expect("connected by pipeline");
-        let timeout_ms = opts.wait_timeout.as_millis().max(1) as u64;
+    fn wait_replicas(&mut self, batches: &[Batch]) -> Result<(), SendError> {
+        let (wanted, timeout_ms) = {
+            let opts = &self.shared.opts;
+            (opts.wait_replicas, opts.wait_timeout.as_millis().max(1) as u64)
+        };
         let keys: Vec<&str> = batches.iter().map(|b| b.key.as_str()).collect();
-        let acked = con.wait_replicas(&keys, opts.wait_replicas, timeout_ms)?;
-        if acked < opts.wait_replicas {
-            // Retried like a broken link: the batch is not safe until replicated.
-            return Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{acked} of {} replicas acknowledged within {timeout_ms} ms", opts.wait_replicas),
-            )));
+        let acked = self.connect()?.0.wait_replicas(&keys, wanted, timeout_ms)?;
+        if acked < wanted {
+            return Err(SendError::TooFewReplicas(LinkFailure::TooFewReplicas { acked, wanted, timeout_ms }));
         }
         Ok(())
     }
 }
 
+/// Why a pipeline did not go through: Redis's error, or too few replicas
+/// acknowledged it (retried like a broken link: not safe until replicated).
+enum SendError {
+    Redis(RedisError),
+    TooFewReplicas(LinkFailure),
+}
+
+impl From<RedisError> for SendError {
+    fn from(err: RedisError) -> SendError {
+        SendError::Redis(err)
+    }
+}
+
+/// The `XREVRANGE` that reads a run's stored top when it opens.
+fn read_top(key: &str) -> Cmd {
+    redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).clone()
+}
+
+/// A call's reply holds one reply per batch; a whole call failing fails each of them.
+fn per_batch(groups: &[&[Batch]], calls: Vec<RedisResult<Value>>) -> Vec<RedisResult<Value>> {
+    let mut per_batch = Vec::with_capacity(groups.iter().map(|g| g.len()).sum());
+    for (group, reply) in groups.iter().zip(calls) {
+        match reply {
+            Ok(Value::Array(items)) if items.len() == group.len() => per_batch.extend(items.into_iter().map(Ok)),
+            Ok(other) => per_batch.extend(group.iter().map(|_| Ok(other.clone()))),
+            Err(e) => per_batch.extend(group.iter().map(|_| Err(e.clone()))),
+        }
+    }
+    per_batch
+}
+
 fn refused_chunk(batch: &Batch, err: &RedisError) -> WriteError {
     let size = batch.chunks.iter().map(|c| c.data.len()).max().unwrap_or(0);
-    WriteError::Redis(format!(
-        "Redis refused a chunk of {size} bytes for {:?} (over its proto-max-bulk-len?): {err}",
-        batch.key
-    ))
+    WriteError::ChunkRefused { key: batch.key.clone(), size, source: err.clone() }
 }
 
 /// Consecutive batches, cut into script calls of at most `MAX_CALL_CHUNKS`
@@ -821,7 +931,7 @@ fn groups(batches: &[Batch], cluster: bool) -> Vec<&[Batch]> {
     let mut groups = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, batch) in batches.iter().enumerate() {
-        let other_slot = cluster && i > start && conn::slot_group(&batch.key) != conn::slot_group(&batches[start].key);
+        let other_slot = cluster && i > start && links::slot_group(&batch.key) != links::slot_group(&batches[start].key);
         if i > start && (size + batch.chunks.len() > MAX_CALL_CHUNKS || other_slot) {
             groups.push(&batches[start..i]);
             (start, size) = (i, 0);
@@ -860,7 +970,7 @@ fn take_batches(state: &mut State, flush_size: usize) -> Vec<Batch> {
             let chunks: Vec<Chunk> = run.queue.drain(..take).collect();
             let after_break = run.ending.then_some(run.stored);
             let own = chunks[0].seq > run.opened + 1;
-            batches.push(Batch { key: key.clone(), gen: run.gen, chunks, trusted_on: run.trusted_on, own, after_break });
+            batches.push(Batch { key: key.clone(), epoch: run.epoch, chunks, trusted_on: run.trusted_on, own, after_break });
             room -= take;
         }
         if run.queue.is_empty() {
@@ -877,8 +987,8 @@ fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
     let key = &batch.key;
     let reply = match reply {
         Ok(Value::Array(items)) => items,
-        Ok(other) => return Outcome::Failed(WriteError::Redis(format!("unexpected script reply {other:?}"))),
-        Err(e) => return Outcome::Failed(WriteError::Redis(format!("Redis refused a batch for {key:?}: {e}"))),
+        Ok(other) => return Outcome::Failed(WriteError::UnexpectedReply(other)),
+        Err(e) => return Outcome::Failed(WriteError::RunBatchRefused { key: key.clone(), source: e }),
     };
     let status = match reply.first() {
         Some(Value::BulkString(s)) => String::from_utf8_lossy(s).into_owned(),
@@ -892,20 +1002,12 @@ fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
     let expected = batch.after_break.unwrap_or(batch.chunks[0].seq - 1);
     match status.as_str() {
         "ok" | "dup" => Outcome::Stored,
-        "wrongtype" => Outcome::Failed(WriteError::Redis(format!("{key:?} holds a value that is not a stream"))),
+        "wrongtype" => Outcome::Failed(WriteError::NotAStream { key: key.clone() }),
         "closed" if batch.chunks.len() == 1 && batch.chunks[0].complete => Outcome::AlreadyComplete,
-        "closed" => Outcome::Failed(WriteError::Closed(format!(
-            "run stream {key:?} was completed by another writer at seq {top}"
-        ))),
-        _ if top == 0 => Outcome::Failed(WriteError::Stale(format!(
-            "run stream {key:?} vanished (expired or deleted) after seq {expected}"
-        ))),
-        _ if top == expected => Outcome::Failed(WriteError::Stale(format!(
-            "run stream {key:?}: seq {top} was written by another writer"
-        ))),
-        _ => Outcome::Failed(WriteError::Stale(format!(
-            "run stream {key:?} is at seq {top}, not {expected}: another writer has written to it"
-        ))),
+        "closed" => Outcome::Failed(WriteError::CompletedElsewhere { key: key.clone(), top }),
+        _ if top == 0 => Outcome::Failed(WriteError::Vanished { key: key.clone(), after: expected }),
+        _ if top == expected => Outcome::Failed(WriteError::Overwritten { key: key.clone(), top }),
+        _ => Outcome::Failed(WriteError::Diverged { key: key.clone(), top, expected }),
     }
 }
 
@@ -914,8 +1016,8 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
     for (batch, outcome) in batches.into_iter().zip(outcomes) {
         state.pending -= batch.chunks.len();
         state.stats.batches += 1;
-        let (key, gen) = (batch.key, batch.gen);
-        let Some(run) = state.runs.get_mut(&key).filter(|r| r.gen == gen) else {
+        let (key, epoch) = (batch.key, batch.epoch);
+        let Some(run) = state.runs.get_mut(&key).filter(|r| r.epoch == epoch) else {
             continue; // deleted meanwhile
         };
         run.in_flight -= batch.chunks.len();
@@ -924,7 +1026,7 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
         }
         let finished = match outcome {
             Outcome::Stored => {
-                let last = batch.chunks.last().expect("batches are never empty");
+                let Some(last) = batch.chunks.last() else { continue }; // never empty
                 run.stored = last.seq;
                 run.trusted_on = Some(con_id);
                 state.stats.chunks += batch.chunks.len() as u64;
@@ -947,15 +1049,15 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
                 (run.ending, run.closing) = (false, false); // its error terminal may be tried again
                 state.pending -= dropped;
                 state.stats.errors += 1;
-                if !state.failed.contains(&(key.clone(), gen)) {
-                    state.failed.push((key.clone(), gen));
+                if !state.failed.contains(&(key.clone(), epoch)) {
+                    state.failed.push((key.clone(), epoch));
                 }
                 false
             }
         };
         if finished {
             state.runs.remove(&key); // bounded memory: a finished run leaves nothing
-            state.failed.retain(|(k, g)| !(*k == key && *g == gen));
+            state.failed.retain(|(k, g)| !(*k == key && *g == epoch));
         }
     }
 }
@@ -965,17 +1067,17 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
 fn apply_opens(state: &mut State, keys: Vec<String>, tops: Vec<Result<Value, WriteError>>) {
     for (key, top) in keys.into_iter().zip(tops) {
         let top = top.and_then(|reply| match parse_range(&reply).first() {
-            Some(entry) if entry.is_complete() => Err(WriteError::Closed(format!("run stream {key:?} is already complete"))),
+            Some(entry) if entry.is_complete() => Err(WriteError::AlreadyComplete { key: key.clone() }),
             Some(entry) => Ok(entry.seq()),
             None => Ok(0),
         });
         match top {
             Ok(top) => {
                 state.opening.remove(&key);
-                let gen = state.next_gen;
-                state.next_gen += 1;
+                let epoch = state.next_epoch;
+                state.next_epoch += 1;
                 state.runs.entry(key).or_insert_with(|| Run {
-                    gen,
+                    epoch,
                     queue: VecDeque::new(),
                     next_seq: top + 1,
                     stored: top,

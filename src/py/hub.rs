@@ -3,20 +3,23 @@
 use std::sync::Arc;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::args::{opt_seconds, seconds};
-use super::errors::SSERedisError;
-use crate::io::hub::{Hub, HubEntry, HubError, Options, Polled};
+use crate::io::hub::{Hub, HubEntry, Options, Polled, SubState};
 
-impl From<HubError> for PyErr {
-    fn from(err: HubError) -> PyErr {
-        match err {
-            HubError::Closed => SSERedisError::new_err("the reader hub is closed"),
-            HubError::NoSubscription(sid) => SSERedisError::new_err(format!("no subscription {sid} (unsubscribed?)")),
-            HubError::Redis(m) => SSERedisError::new_err(m),
-        }
-    }
+/// The members of `sse_redis._states.SubState`, in `SubState::ALL` order:
+/// a poll reports the same objects as the pure hub's.
+static SUB_STATES: PyOnceLock<Vec<Py<PyAny>>> = PyOnceLock::new();
+
+fn sub_state<'py>(py: Python<'py>, state: SubState) -> PyResult<Bound<'py, PyAny>> {
+    let members = SUB_STATES.get_or_try_init(py, || {
+        let enum_type = py.import("sse_redis._states")?.getattr("SubState")?;
+        SubState::ALL.iter().map(|s| enum_type.call1((s.name(),)).map(Bound::unbind)).collect::<PyResult<Vec<_>>>()
+    })?;
+    let index = SubState::ALL.iter().position(|&s| s == state).unwrap_or_default();
+    Ok(members[index].bind(py).clone())
 }
 
 #[pyclass(frozen, module = "sse_redis._core")]
@@ -24,12 +27,12 @@ pub struct ReaderHub {
     inner: Hub,
 }
 
-fn polled<'py>(py: Python<'py>, (entries, status): Polled) -> PyResult<Bound<'py, PyTuple>> {
+fn polled<'py>(py: Python<'py>, (entries, state): Polled) -> PyResult<Bound<'py, PyTuple>> {
     let items = entries
         .iter()
         .map(|e: &Arc<HubEntry>| (e.id.as_str(), e.seq, e.data.as_str(), e.complete, e.broken).into_pyobject(py))
         .collect::<PyResult<Vec<_>>>()?;
-    (PyList::new(py, items)?, status.name()).into_pyobject(py)
+    (PyList::new(py, items)?, sub_state(py, state)?).into_pyobject(py)
 }
 
 #[pymethods]

@@ -67,12 +67,6 @@ impl WriterEngine {
         Ok(WriterEngine { inner: Engine::new(url, opts)? })
     }
 
-    #[pyo3(signature = (key, timeout = None))]
-    fn open(&self, py: Python<'_>, key: &str, timeout: Option<f64>) -> PyResult<()> {
-        let timeout = opt_seconds(timeout, "timeout")?;
-        Ok(py.detach(|| self.inner.open(key, timeout))?)
-    }
-
     /// Queues without releasing the GIL when it can; waits (released) otherwise.
     #[pyo3(signature = (key, data, complete, timeout = None))]
     fn write(&self, py: Python<'_>, key: &str, data: String, complete: bool, timeout: Option<f64>) -> PyResult<u64> {

@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use thiserror::Error;
+
 use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::TcpSettings;
@@ -11,6 +13,26 @@ use redis::{
     Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, Connection, ConnectionLike, IntoConnectionInfo,
     RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, Value,
 };
+
+/// Why a URL names no Redis the engines can reach. No variant quotes any
+/// part of the URL (it may hold a password).
+#[derive(Clone, Debug, Error)]
+pub enum TargetError {
+    #[error("invalid Redis URL: {0}")]
+    InvalidUrl(String),
+    #[error("unsupported Redis URL scheme (expected redis://, rediss:// or unix://)")]
+    UnsupportedScheme,
+    #[error("a Redis Cluster is reached over TCP: unix:// URLs cannot name its nodes")]
+    ClusterOverUnix,
+    /// A setting the cluster client cannot honour (it connects to nodes
+    /// itself: no hook to name them or to relax the hostname check on each).
+    #[error("{0} is not supported on a Redis Cluster by the Rust engine (backend='python' honours it)")]
+    NotOnCluster(&'static str),
+    #[error("cannot read TLS file {path:?}: {reason}")]
+    TlsFile { path: String, reason: String },
+    #[error("ssl_certfile and ssl_keyfile go together")]
+    TlsPair,
+}
 
 /// Where Redis is: one server, or a cluster reached through its nodes.
 pub enum Target {
@@ -27,27 +49,23 @@ pub struct ClusterTarget {
 }
 
 impl Target {
-    pub fn new(url: &str, cluster: bool) -> Result<Target, String> {
+    pub fn new(url: &str, cluster: bool) -> Result<Target, TargetError> {
         let endpoint = Endpoint::parse(url)?;
         if !cluster {
             return Ok(Target::Single(endpoint));
         }
         let (ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. }) = endpoint.info.addr() else {
-            return Err("a Redis Cluster is reached over TCP: unix:// URLs cannot name its nodes".into());
+            return Err(TargetError::ClusterOverUnix);
         };
-        // The cluster client connects to nodes itself: no hook to name them or
-        // to relax the hostname check on each.
         if endpoint.client_name.is_some() {
-            return Err("client_name is not supported on a Redis Cluster by the Rust engine (backend='python' honours it)".into());
+            return Err(TargetError::NotOnCluster("client_name"));
         }
         if endpoint.accept_invalid_hostnames {
-            return Err("ssl_check_hostname=false is not supported on a Redis Cluster by the Rust engine \
-                        (backend='python' honours it)"
-                .into());
+            return Err(TargetError::NotOnCluster("ssl_check_hostname=false"));
         }
         let seed = format!("{host}:{port}");
         let target = ClusterTarget { seed: endpoint, nodes: Mutex::new(vec![seed]) };
-        target.node_client(None).map_err(|e| format!("invalid Redis URL: {}", e.kind_text()))?;
+        target.node_client(None).map_err(|e| TargetError::InvalidUrl(e.kind_text()))?;
         Ok(Target::Cluster(target))
     }
 
@@ -310,8 +328,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let invalid = |why: &str| format!("invalid Redis URL: {why}");
+    pub fn parse(url: &str) -> Result<Endpoint, TargetError> {
+        let invalid = |why: &str| TargetError::InvalidUrl(why.to_owned());
         let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("no scheme"))?;
         let scheme = scheme.to_ascii_lowercase();
         let (netloc_user, netloc_password, path, query) = match scheme.as_str() {
@@ -338,7 +356,7 @@ impl Endpoint {
                 let user = user.filter(|u| !u.is_empty()).map(decode).transpose()?;
                 (user, password.map(decode).transpose()?, decode(path)?, query.to_owned())
             }
-            _ => return Err("unsupported Redis URL scheme (expected redis://, rediss:// or unix://)".into()),
+            _ => return Err(TargetError::UnsupportedScheme),
         };
         let mut params = std::collections::HashMap::new();
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -417,8 +435,8 @@ fn client(info: &ConnectionInfo, certs: Option<&TlsCertificates>, accept_invalid
     Client::open(client.get_connection_info().clone().set_addr(addr))
 }
 
-fn decode(text: &str) -> Result<String, String> {
-    percent_encoding_decode(text).ok_or_else(|| "invalid Redis URL: a percent-encoded part is not UTF-8".to_owned())
+fn decode(text: &str) -> Result<String, TargetError> {
+    percent_encoding_decode(text).ok_or_else(|| TargetError::InvalidUrl("a percent-encoded part is not UTF-8".into()))
 }
 
 fn percent_encoding_decode(text: &str) -> Option<String> {
@@ -443,12 +461,14 @@ fn percent_encoding_decode(text: &str) -> Option<String> {
 }
 
 /// The certificates the TLS query parameters name.
-fn tls_certificates(params: &std::collections::HashMap<String, String>) -> Result<TlsCertificates, String> {
-    let read = |path: &String| std::fs::read(path).map_err(|e| format!("cannot read TLS file {path:?}: {e}"));
+fn tls_certificates(params: &std::collections::HashMap<String, String>) -> Result<TlsCertificates, TargetError> {
+    let read = |path: &String| {
+        std::fs::read(path).map_err(|e| TargetError::TlsFile { path: path.clone(), reason: e.to_string() })
+    };
     let client_tls = match (params.get("ssl_certfile"), params.get("ssl_keyfile")) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
         (None, None) => None,
-        _ => return Err("ssl_certfile and ssl_keyfile go together".into()),
+        _ => return Err(TargetError::TlsPair),
     };
     let root_cert = params.get("ssl_ca_certs").map(read).transpose()?;
     Ok(TlsCertificates { client_tls, root_cert })

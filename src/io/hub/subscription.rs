@@ -1,0 +1,178 @@
+//! The hub's data model (twin of `python/sse_redis/_pure/hub/subscription.py`):
+//! a subscription and the states a poll reports, the entries readers get, the
+//! blocker groups, and the table that holds them all under the hub's lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar};
+
+use super::waker::Waker;
+use super::Stats;
+use crate::io::entries::Entry;
+
+/// Where a subscription stands, as a poll reports it (the values of
+/// `sse_redis._states.SubState`, which the binding hands to Python).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SubState {
+    /// Redis has not answered its first fetch yet.
+    Pending,
+    /// Following the stream.
+    Ok,
+    /// The stream does not exist (yet).
+    Missing,
+    /// The cursor is at the end of a complete run: nothing more will come.
+    Done,
+    /// The stream is not the one the cursor came from (expired, or lost and
+    /// written again below the cursor), or not a stream at all.
+    Gone,
+    /// Redis has not answered for `retry_timeout`.
+    Down,
+}
+
+impl SubState {
+    pub const ALL: [SubState; 6] =
+        [SubState::Pending, SubState::Ok, SubState::Missing, SubState::Done, SubState::Gone, SubState::Down];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SubState::Pending => "pending",
+            SubState::Ok => "ok",
+            SubState::Missing => "missing",
+            SubState::Done => "done",
+            SubState::Gone => "gone",
+            SubState::Down => "down",
+        }
+    }
+}
+
+/// One entry as readers get it, shared by every subscription it fans out to.
+#[derive(Debug)]
+pub struct HubEntry {
+    pub id: String,
+    pub order: (u64, u64),
+    pub seq: u64,
+    pub data: String,
+    pub complete: bool,
+    /// The error terminal of a run its writer broke off: the seqs before it
+    /// may be missing (never stored), which is not a trim.
+    pub broken: bool,
+}
+
+/// A stream entry id as `(ms, seq)`, in the order Redis keeps.
+pub fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+pub fn hub_entry(e: &Entry) -> Arc<HubEntry> {
+    Arc::new(HubEntry {
+        order: parse_id(&e.id),
+        id: e.id.clone(),
+        seq: e.seq(),
+        data: e.field("data").unwrap_or("").to_owned(),
+        complete: e.is_complete(),
+        broken: e.field("broken") == Some("true"),
+    })
+}
+
+/// One reader following one stream key from a cursor.
+pub struct Sub {
+    pub key: String,
+    /// The newest entry id this subscription has.
+    pub last: (u64, u64),
+    pub queue: VecDeque<Arc<HubEntry>>,
+    /// Fed by the blocker (else by the fetcher).
+    pub live: bool,
+    /// Queued for the fetcher.
+    pub fetching: bool,
+    pub fetched_once: bool,
+    pub state: SubState,
+    pub waker: Option<u64>,
+    pub notified: bool,
+    pub closed: bool,
+    pub cond: Arc<Condvar>,
+}
+
+impl Sub {
+    pub fn new(key: &str, after_seq: u64, waker: Option<u64>) -> Sub {
+        Sub {
+            key: key.to_owned(),
+            last: (0, after_seq),
+            queue: VecDeque::new(),
+            live: false,
+            fetching: false,
+            fetched_once: false,
+            state: SubState::Pending, // until the first fetch has reached Redis
+            waker,
+            notified: false,
+            closed: false,
+            cond: Arc::new(Condvar::new()),
+        }
+    }
+}
+
+/// The keys one blocker waits on, with the last entry id it has of each.
+#[derive(Default)]
+pub struct Group {
+    pub keys: HashMap<String, (u64, u64)>,
+    /// Bumped when a key joins; the blocker's XREAD covers `blocking_version`.
+    pub version: u64,
+    pub blocking_version: u64,
+    pub client_id: Option<i64>,
+    /// The cluster node (`host:port`) it blocks on, or should connect to.
+    pub node: Option<String>,
+}
+
+/// Everything the hub knows, under its one lock.
+#[derive(Default)]
+pub struct Table {
+    pub subs: HashMap<u64, Sub>,
+    pub by_key: HashMap<String, Vec<u64>>,
+    pub groups: HashMap<String, Group>,
+    pub fetch_queue: VecDeque<u64>,
+    pub wakers: HashMap<u64, Waker>,
+    pub next_id: u64,
+    pub unblock_wanted: bool,
+    /// A blocker found its link silent: the fetcher's link, on the same
+    /// route, is remade before its next command rather than waited out.
+    pub relink_query: bool,
+    pub can_unblock: Option<bool>,
+    pub down_since: Option<std::time::Instant>,
+    pub closed: bool,
+    pub stats: Stats,
+}
+
+impl Table {
+    pub fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Changes the subscription's state and tells its reader: a reader's wait
+    /// is timed for the state it last saw (`retry_timeout` while pending, its
+    /// idle clock once Redis answered), so every change must wake it.
+    pub fn set_state(&mut self, sid: u64, state: SubState) {
+        let Some(sub) = self.subs.get_mut(&sid) else { return };
+        if sub.state != state {
+            sub.state = state;
+            self.signal(sid);
+        }
+    }
+
+    /// Tells the subscription's reader there is something to poll.
+    pub fn signal(&mut self, sid: u64) {
+        let Some(sub) = self.subs.get_mut(&sid) else { return };
+        sub.cond.notify_all();
+        if sub.notified {
+            return;
+        }
+        sub.notified = true;
+        if let Some(waker) = sub.waker.and_then(|w| self.wakers.get_mut(&w)) {
+            waker.mark_ready(sid);
+        }
+    }
+
+    /// The subscriptions following `key`.
+    pub fn following(&self, key: &str) -> Vec<u64> {
+        self.by_key.get(key).cloned().unwrap_or_default()
+    }
+}
