@@ -1048,7 +1048,7 @@ def test_slow_reader_does_not_delay_others(backend, redis_url, open_reader, code
         bg.join()
     check_run(codec_mod, fast_chunks, run, 0, 1001)
     if backend == "python":  # the pure hub's queues are inspectable: bounded
-        subs = getattr(reader.hub, "_subs", {})
+        subs = reader.hub._shared.subs
         for sub in subs.values():
             assert len(sub.queue) <= queue_size
     check_run(codec_mod, slow_chunks + collect(slow, timeout=30.0), run, 0, 1001)

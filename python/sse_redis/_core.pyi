@@ -7,6 +7,8 @@ UTF-8 (a lone surrogate) raises ``UnicodeEncodeError`` in both backends.
 
 from typing import Final, final
 
+from ._states import SubState
+
 __all__ = [
     "Event",
     "SSEParser",
@@ -115,9 +117,6 @@ class WriterEngine:
         wait_timeout: float = 1.0,
         cluster: bool = False,
     ) -> None: ...
-    def open(self, key: str, timeout: float | None = None) -> None:
-        """Have the sender learn the run's stored top seq (``RunClosedError`` if
-        complete), waiting at most ``timeout`` (``WriteTimeout``)."""
     def write(self, key: str, data: str, complete: bool, timeout: float | None = None) -> int:
         """Queue one chunk; its seq id. Waits for the run to open and for room,
         up to ``timeout`` in all (``WriteTimeout``). A broken run raises its error."""
@@ -140,8 +139,9 @@ class WriterEngine:
 class ReaderHub:
     """Subscriptions fed by a fetcher (catch-up ``XRANGE``) and a blocker (one
     ``XREAD BLOCK`` over every watched key); two connections in all on one
-    server, one blocker per slot group (hash tag) on a cluster.  Poll
-    states: ``pending``, ``ok``, ``missing``, ``done``, ``gone``, ``down``."""
+    server, one blocker per slot group (hash tag) on a cluster.  A poll
+    reports the subscription's state, a ``SubState`` (``pending``, ``ok``,
+    ``missing``, ``done``, ``gone``, ``down``; see ``docs/glossary.md``)."""
 
     def __init__(
         self,
@@ -158,8 +158,8 @@ class ReaderHub:
     ) -> None: ...
     def subscribe(self, key: str, after_seq: int, waker: int | None = None) -> int: ...
     def unsubscribe(self, sid: int) -> None: ...
-    def poll(self, sid: int) -> tuple[list[Entry], str]: ...
-    def wait(self, sid: int, timeout: float | None = None) -> tuple[list[Entry], str]: ...
+    def poll(self, sid: int) -> tuple[list[Entry], SubState]: ...
+    def wait(self, sid: int, timeout: float | None = None) -> tuple[list[Entry], SubState]: ...
     def add_waker(self, fd: int) -> int:
         """Register the write end of an event loop's socket pair; the hub writes a byte to it."""
     def remove_waker(self, wid: int) -> None: ...

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from . import _backend, _fork, keys as _keys
 from ._options import NO_LIMIT, ReaderOptions, seconds
+from ._states import SubState
 from .connection import redact, resolve_target
 from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
 
@@ -73,7 +74,7 @@ class _Follow:
         self.last_sent = now
         self.finished = False
 
-    def chunks(self, entries: list[tuple[str, int, str, bool]], state: str) -> list[str]:
+    def chunks(self, entries: list[tuple[str, int, str, bool]], state: SubState) -> list[str]:
         """SSE chunks for newly queued entries; raises when the read must end badly."""
         out = []
         now = time.monotonic()
@@ -105,20 +106,20 @@ class _Follow:
             self.last_sent = now
         if self.finished:
             return out
-        if state == "pending":
+        if state == SubState.PENDING:
             self.last_entry = now  # the idle clock starts once Redis has answered
-        elif state == "done":
+        elif state == SubState.DONE:
             self.finished = True
-        elif state == "down":
+        elif state == SubState.DOWN:
             raise RedisUnavailable(f"run {self.run_id!r}: Redis unreachable for {self.retry_timeout}s")
-        elif state == "gone":
+        elif state == SubState.GONE:
             raise StreamNotFound(
                 f"run {self.run_id!r}: its stream expired or was deleted while being read "
                 "(or holds nothing up to the cursor: it was lost and written again)"
             )
-        elif state == "missing" and now >= self.missing_deadline:
+        elif state == SubState.MISSING and now >= self.missing_deadline:
             raise StreamNotFound(f"run {self.run_id!r}: no stream appeared within the missing timeout")
-        elif state == "ok" and now - self.last_entry >= self.idle_timeout:
+        elif state == SubState.OK and now - self.last_entry >= self.idle_timeout:
             raise StreamStalled(
                 f"run {self.run_id!r}: no new chunk for {self.idle_timeout}s (is its writer gone?)"
             )
@@ -127,12 +128,12 @@ class _Follow:
             out.append(PING)
         return out
 
-    def timeout(self, state: str) -> float:
+    def timeout(self, state: SubState) -> float:
         """How long to wait for the next entry before looking at the clocks again."""
         now = time.monotonic()
-        if state == "missing":
+        if state == SubState.MISSING:
             left = self.missing_deadline - now
-        elif state == "pending":  # not reached Redis yet: the hub says when it gives up
+        elif state == SubState.PENDING:  # not reached Redis yet: the hub says when it gives up
             left = self.retry_timeout
         else:
             left = self.last_entry + self.idle_timeout - now
@@ -237,7 +238,7 @@ class StreamReader:
         hub = self.hub
         sid = hub.subscribe(key, follow.cursor, None)
         try:
-            state = "ok"
+            state = SubState.OK
             while not follow.finished:
                 entries, state = hub.wait(sid, follow.timeout(state))
                 yield from follow.chunks(entries, state)
@@ -359,7 +360,7 @@ class AsyncStreamReader:
         try:
             while not follow.finished:
                 entries, state = hub.poll(sid)
-                if not entries and state in ("ok", "missing", "pending"):
+                if not entries and state in (SubState.OK, SubState.MISSING, SubState.PENDING):
                     # Armed after the poll: a push since then is in the waker's
                     # ready list (the poll reset the notice), so it wakes us.
                     await deadline.wait(waker.arm(sid), follow.timeout(state))

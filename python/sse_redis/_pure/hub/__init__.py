@@ -1,0 +1,295 @@
+"""The reader hub, pure-Python twin of ``src/io/hub/`` (module for module:
+``subscription``, ``fetcher``, ``blocker``, ``waker``; the words are in
+``docs/glossary.md``).
+
+Many readers, few connections.  Each reader *subscribes* to a stream key
+from a cursor and then only consumes its own bounded queue; all I/O is the
+hub's, on two threads:
+
+* the **fetcher** (query connection) catches a subscription up with
+  ``XRANGE (last +`` (O(log n) for ``0-<seq>`` IDs), only as far as the
+  subscription's queue has room, then hands it to the blocker ("live");
+* a **blocker** (a dedicated connection) waits on every watched key of its
+  group at once with one ``XREAD BLOCK`` and fans entries out to the live
+  subscriptions of each key.  One server has one group; a cluster has one per
+  slot group (hash tag), because one ``XREAD`` may only name keys of one
+  slot, each blocking on the slot's owner and following MOVED there.
+
+A slow reader whose queue is full stops being live: it is fed by the fetcher
+again as it drains (notify-then-fetch), so it never makes the hub buffer
+without bound nor delays anyone else.  A new key restarts the blocking read at
+once with ``CLIENT UNBLOCK`` where the ACL allows it, and within ``block_ms``
+(short) where it does not.
+
+Liveness: a link can go silent (no FIN, no RST: a NAT entry dropped, a VIP
+moved) behind a middlebox that keeps ACKing, so TCP cannot tell.  The
+blocker's reads time out at its longest block plus ``LIVENESS_MARGIN``: a
+reply that late means the link is dead, and it reconnects and reads on from
+the positions it keeps.  The fetcher's reads time out at ``socket_timeout``,
+and it drops its link too when the blocker found its own silent (same route,
+likely the same fate).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..._states import SubState
+from ...errors import SSERedisError
+from .. import links
+from . import fetcher
+from .subscription import Entry, Group, Sub, parse_id
+from .waker import Waker
+
+
+class Shared:
+    """What the readers' side and the hub's threads share (twin of the Rust
+    hub's ``Shared`` and its ``Table``); every field is guarded by ``lock``."""
+
+    def __init__(
+        self,
+        url: str,
+        queue_size: int,
+        batch_size: int,
+        block_ms: int | None,
+        check_interval: float,
+        retry_timeout: float,
+        connect_timeout: float,
+        socket_timeout: float,
+        cluster: bool,
+    ) -> None:
+        self.url = url
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.check_interval = check_interval
+        self.retry_timeout = retry_timeout
+        self.connect_timeout = connect_timeout
+        self.cluster = cluster
+        self.query = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
+        self.tops: Any = None  # tops.lua, registered on first use
+
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # wakes the hub's threads
+        self.subs: dict[int, Sub] = {}
+        self.by_key: dict[str, list[Sub]] = {}
+        self.groups: dict[str, Group] = {}
+        self.fetch_queue: deque[Sub] = deque()
+        self.wakers: dict[int, Waker] = {}
+        self.next_id = 0
+        self.unblock_wanted = False
+        # A blocker found its link silent: the fetcher's link, on the same
+        # route, is remade before its next command rather than waited out.
+        self.relink_query = False
+        self.can_unblock: bool | None = None  # learned by probing
+        self.down_since: float | None = None  # when Redis stopped answering
+        self.closed = False
+        self.stats = {"xreads": 0, "fetches": 0, "unblocks": 0, "checks": 0, "reconnects": 0}
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def group_of(self, key: str) -> str:
+        """The blocker group of ``key``: all keys on one server, its slot on a cluster."""
+        return links.slot_group(key) if self.cluster else ""
+
+    def watched(self, key: str) -> tuple[int, int] | None:
+        group = self.groups.get(self.group_of(key))
+        return None if group is None else group.keys.get(key)
+
+    # -- caller holds the lock -------------------------------------------------
+
+    def queue_fetch(self, sub: Sub) -> None:
+        if not sub.fetching and not sub.closed and len(sub.queue) < self.queue_size:
+            sub.fetching = True
+            self.fetch_queue.append(sub)
+            self.changed.notify_all()
+
+    def set_state(self, sub: Sub, state: SubState) -> None:
+        """Change the subscription's state and tell its reader: a reader's wait
+        is timed for the state it last saw (``retry_timeout`` while pending,
+        its idle clock once Redis answered), so every change must wake it."""
+        if sub.state != state:
+            sub.state = state
+            self.signal(sub)
+
+    def signal(self, sub: Sub) -> None:
+        """Tell the subscription's reader there is something to poll."""
+        sub.cond.notify_all()
+        if sub.notified:
+            return
+        sub.notified = True
+        waker = self.wakers.get(sub.waker) if sub.waker is not None else None
+        if waker is not None:
+            waker.mark_ready(sub.id)
+
+    def push(self, sub: Sub, entries: list[Entry]) -> bool:
+        """Queue what is newer than the subscription has; ``False`` when it does not fit."""
+        fresh = [e for e in entries if parse_id(e[0]) > sub.last]
+        if not fresh:
+            return True
+        if len(sub.queue) + len(fresh) > self.queue_size:
+            return False
+        sub.queue.extend(fresh)
+        sub.last = parse_id(fresh[-1][0])
+        if sub.state in (SubState.MISSING, SubState.PENDING):
+            sub.state = SubState.OK
+        self.signal(sub)  # the entries, and the state change if any
+        return True
+
+    # -- takes the lock ------------------------------------------------------------
+
+    def link_ok(self) -> None:
+        self.down_since = None
+
+    def link_failed(self) -> None:
+        """After ``retry_timeout`` without Redis, every reader is told (state ``down``)."""
+        with self.lock:
+            now = time.monotonic()
+            if self.down_since is None:
+                self.down_since = now
+            elif now - self.down_since > self.retry_timeout:
+                for sub in self.subs.values():
+                    self.set_state(sub, SubState.DOWN)
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.stats[name] += 1
+
+
+class ReaderHub:
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int = 256,
+        batch_size: int = 100,
+        block_ms: int | None = None,
+        check_interval: float = 10.0,
+        retry_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        socket_timeout: float = 10.0,
+        cluster: bool = False,
+    ) -> None:
+        # The twin of the binding's one check (``src/py/hub.rs``).
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be positive")
+        self._shared = Shared(
+            url, queue_size, batch_size, block_ms, check_interval, retry_timeout, connect_timeout,
+            socket_timeout, cluster,
+        )
+        threading.Thread(target=fetcher.run, args=(self._shared,), name="sse-redis-fetch", daemon=True).start()
+
+    def subscribe(self, key: str, after_seq: int, waker: int | None = None) -> int:
+        """Follow ``key`` from just after seq ``after_seq``; never does I/O."""
+        shared = self._shared
+        with shared.lock:
+            self._check_open()
+            sid = shared.new_id()
+            sub = Sub(sid, key, after_seq, waker, shared.lock)
+            shared.subs[sid] = sub
+            shared.by_key.setdefault(key, []).append(sub)
+            shared.queue_fetch(sub)
+            return sid
+
+    def unsubscribe(self, sid: int) -> None:
+        shared = self._shared
+        with shared.lock:
+            sub = shared.subs.pop(sid, None)
+            if sub is None:
+                return
+            sub.closed = True
+            subs = shared.by_key.get(sub.key, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                shared.by_key.pop(sub.key, None)
+                group = shared.groups.get(shared.group_of(sub.key))
+                if group is not None:
+                    group.keys.pop(sub.key, None)
+            waker = shared.wakers.get(sub.waker) if sub.waker is not None else None
+            if waker is not None:
+                waker.forget(sid)
+
+    def poll(self, sid: int) -> tuple[list[Entry], SubState]:
+        """Entries queued for the subscription (drained) and its state; never waits."""
+        with self._shared.lock:
+            return self._drain(self._sub(sid))
+
+    def wait(self, sid: int, timeout: float | None) -> tuple[list[Entry], SubState]:
+        """``poll`` that waits up to ``timeout`` for an entry or a state change."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._shared.lock:
+            sub = self._sub(sid)
+            while not sub.queue and not sub.notified and not sub.closed:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                sub.cond.wait(left)
+            return self._drain(sub)
+
+    def _sub(self, sid: int) -> Sub:
+        self._check_open()
+        sub = self._shared.subs.get(sid)
+        if sub is None:
+            raise SSERedisError(f"no subscription {sid} (unsubscribed?)")
+        return sub
+
+    def _drain(self, sub: Sub) -> tuple[list[Entry], SubState]:
+        entries = list(sub.queue)
+        sub.queue.clear()
+        sub.notified = False
+        if not sub.live:
+            self._shared.queue_fetch(sub)  # room again: the fetcher feeds it
+        return entries, sub.state
+
+    def add_waker(self, fd: int) -> int:
+        """Register the write end of an event loop's socket pair."""
+        shared = self._shared
+        with shared.lock:
+            wid = shared.new_id()
+            shared.wakers[wid] = Waker(fd)
+            return wid
+
+    def remove_waker(self, wid: int) -> None:
+        with self._shared.lock:
+            self._shared.wakers.pop(wid, None)
+
+    def take_ready(self, wid: int) -> list[int]:
+        """Subscriptions of this waker that have something to poll."""
+        with self._shared.lock:
+            waker = self._shared.wakers.get(wid)
+            return [] if waker is None else waker.take()
+
+    def stats(self) -> dict[str, int]:
+        shared = self._shared
+        with shared.lock:
+            return dict(
+                shared.stats,
+                subscriptions=len(shared.subs),
+                watched=sum(len(g.keys) for g in shared.groups.values()),
+                blockers=len(shared.groups),
+                connections=1 + len(shared.groups),
+            )
+
+    def close(self) -> None:
+        shared = self._shared
+        with shared.lock:
+            if shared.closed:
+                return
+            shared.closed = True
+            for sub in shared.subs.values():
+                sub.closed = True
+                shared.signal(sub)  # wakes sync waiters and event loops alike
+            shared.changed.notify_all()  # the fetcher lets the blockers go, then leaves
+
+    def _check_open(self) -> None:
+        if self._shared.closed:
+            raise SSERedisError("the reader hub is closed")
+
+
+__all__ = ["ReaderHub"]

@@ -1,0 +1,67 @@
+"""The hub's data model (twin of ``src/io/hub/subscription.rs``): a
+subscription and the states a poll reports (``SubState``), the entries readers
+get, and the blocker groups."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from ..._states import SubState
+
+# ``(stream entry id, seq_id, data, complete, broken)``
+Entry = tuple[str, int, str, bool, bool]
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as ``(ms, seq)``, in the order Redis keeps."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def to_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+    """``(id, seq_id, data, complete, broken)`` of a raw stream entry (broken:
+    the error terminal of a run its writer broke off, after seqs that may be
+    missing because they were never stored)."""
+    try:
+        seq = int(fields.get(b"seq_id", b"0"))
+    except ValueError:
+        seq = 0
+    data = fields.get(b"data", b"").decode("utf-8", "replace")
+    return entry_id.decode(), seq, data, fields.get(b"complete") == b"true", fields.get(b"broken") == b"true"
+
+
+class Sub:
+    """One reader following one stream key from a cursor."""
+
+    __slots__ = (
+        "id", "key", "last", "queue", "live", "fetching", "fetched_once",
+        "state", "waker", "notified", "cond", "closed",
+    )
+
+    def __init__(self, sid: int, key: str, after_seq: int, waker: int | None, lock: threading.Lock):
+        self.id = sid
+        self.key = key
+        self.last = (0, after_seq)  # the newest entry ID this subscription has
+        self.queue: deque[Entry] = deque()
+        self.live = False  # fed by the blocker (else by the fetcher)
+        self.fetching = False  # queued for the fetcher
+        self.fetched_once = False
+        self.state = SubState.PENDING  # until the first fetch has reached Redis
+        self.waker = waker
+        self.notified = False
+        self.cond = threading.Condition(lock)
+        self.closed = False
+
+
+class Group:
+    """The keys one blocker waits on, with the newest entry ID it has of each."""
+
+    __slots__ = ("keys", "version", "blocking_version", "client_id", "node")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[int, int]] = {}
+        self.version = 0  # bumped when a key joins
+        self.blocking_version = 0  # the key set the blocker's XREAD covers
+        self.client_id: int | None = None
+        self.node: str | None = None  # the cluster node it blocks on, or should reach
