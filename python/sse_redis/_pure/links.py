@@ -1,4 +1,4 @@
-"""Connections of the pure engines (twin of ``src/io/conn.rs``): one server,
+"""Connections of the pure engines (twin of ``src/io/links.rs``): one server,
 or a Redis Cluster through redis-py's ``RedisCluster``, which follows MOVED
 and ASK by itself and learns every node (so a reconnect after a failover does
 not depend on the first URL's node being alive)."""
@@ -68,7 +68,7 @@ def _settings(url: str) -> dict[str, Any]:
     return dict(getattr(url, "settings", None) or {})
 
 
-# TCP keepalive with short timers (the twin of conn::keepalive): a peer gone
+# TCP keepalive with short timers (the twin of links::keepalive): a peer gone
 # without FIN or RST is noticed in about IDLE + INTERVAL * PROBES seconds.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 5, 2, 3
 

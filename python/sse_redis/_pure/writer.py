@@ -202,15 +202,9 @@ class WriterEngine:
             except redis.RedisError as exc:
                 raise SSERedisError(f"Redis refused a command: {exc}") from None
 
-    def open(self, key: str, timeout: float | None = None) -> None:
-        """Have the sender learn where the run stands in Redis (first write
-        only) and wait for it, at most ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cv:
-            self._opened(key, deadline, timeout)
-
     def _opened(self, key: str, deadline: float | None, timeout: float | None) -> None:
-        """Caller holds the lock."""
+        """Have the sender learn where the run stands in Redis (first write
+        only) and wait for it, at most ``timeout``.  Caller holds the lock."""
         if key in self._runs:
             return
         opening = self._opening.get(key)
@@ -539,46 +533,52 @@ class WriterEngine:
         if self._sha is None and batches:
             self._sha = client.script_load(APPEND_SCRIPT)  # every master, on a cluster
         groups = _groups(batches, self._cluster)
-        # Trusted: the run's last batch landed on this very connection. Only the
-        # first batch of a run in a pipeline; the script trusts the next ones of
-        # a call itself. Never on a cluster, where the client may move to
-        # another node (a promoted replica) without a new connection.
         connection = _checkout(client.connection_pool) if isinstance(client, redis.Redis) else None
         serial = getattr(connection, "serial", None)
-        seen: set[str] = set()
         calls: list[tuple[str, tuple]] = [(key, ("XREVRANGE", key, "+", "-", "COUNT", 1)) for key in opens]
-        for group in groups:
-            keys = [run.key for run, _ in group]
-            args: list[object] = [self._writer_id, self._max_len, self._ttl]
-            for run, chunks in group:
-                trusted = run.key not in seen and serial is not None and run.trusted_on == serial
-                seen.add(run.key)
-                after = _after_break(run, chunks)
-                # 'o': the seq before the batch is this writer's own, so the
-                # stream's top must be its entry (see append.lua).
-                mode = b"1" if trusted else b"o" if chunks[0].seq > run.opened + 1 else b""
-                args += (chunks[0].seq, len(chunks), mode if after is None else b"a%d" % after)
-                for chunk in chunks:
-                    args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
-            calls.append((keys[0], ("EVALSHA", self._sha, len(keys), *keys, *args)))
+        seen: set[str] = set()
+        calls += [self._script_call(group, serial, seen) for group in groups]
         self._count("pipelines")
         replies, servers = links.pipeline(client, calls, connection)
         self._stored_on = serial or 0
         if any(isinstance(r, LINK_ERRORS) for r in replies):
             self._sha = None  # a restarted server (-LOADING) has no scripts either
         if self._wait_replicas and batches and not any(_is_noscript(r) for r in replies):
-            # Until the replicas have the batches they are not acknowledged, and
-            # the pipeline is sent again (the script skips what is stored).
-            acked = links.wait_replicas(servers, self._wait_replicas, self._wait_timeout_ms)
-            if acked < self._wait_replicas:
-                raise redis.TimeoutError(
-                    f"{acked} of {self._wait_replicas} replicas acknowledged within {self._wait_timeout_ms} ms"
-                )
-        outcomes: list[object] = replies[: len(opens)]
-        for group, reply in zip(groups, replies[len(opens) :]):
-            # a whole call failing (e.g. NOSCRIPT) fails each of its batches
-            outcomes += [reply] * len(group) if isinstance(reply, BaseException) else list(reply)
-        return outcomes
+            self._await_replicas(servers)
+        return replies[: len(opens)] + _per_batch(groups, replies[len(opens) :])
+
+    def _script_call(
+        self, group: list[tuple[_Run, list[_Chunk]]], serial: int | None, seen: set[str]
+    ) -> tuple[str, tuple]:
+        """One EVALSHA of append.lua for a group of batches.
+
+        Trusted: the run's last batch landed on this very connection. Only the
+        first batch of a run in a pipeline (``seen``); the script trusts the
+        next ones of a call itself. Never on a cluster, where the client may
+        move to another node (a promoted replica) without a new connection."""
+        keys = [run.key for run, _ in group]
+        args: list[object] = [self._writer_id, self._max_len, self._ttl]
+        for run, chunks in group:
+            trusted = run.key not in seen and serial is not None and run.trusted_on == serial
+            seen.add(run.key)
+            after = _after_break(run, chunks)
+            # 'o': the seq before the batch is this writer's own, so the
+            # stream's top must be its entry (see append.lua).
+            mode = b"1" if trusted else b"o" if chunks[0].seq > run.opened + 1 else b""
+            args += (chunks[0].seq, len(chunks), mode if after is None else b"a%d" % after)
+            for chunk in chunks:
+                args += (chunk.data, chunk.timestamp, b"1" if chunk.complete else b"")
+        return keys[0], ("EVALSHA", self._sha, len(keys), *keys, *args)
+
+    def _await_replicas(self, servers: Any) -> None:
+        """WAIT for the replicas: until they have the batches, they are not
+        acknowledged, and the whole pipeline is sent again (the script skips
+        what is stored)."""
+        acked = links.wait_replicas(servers, self._wait_replicas, self._wait_timeout_ms)
+        if acked < self._wait_replicas:
+            raise redis.TimeoutError(
+                f"{acked} of {self._wait_replicas} replicas acknowledged within {self._wait_timeout_ms} ms"
+            )
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._cv:
@@ -683,6 +683,15 @@ def _groups(
         groups[-1].append(batch)
         size += len(batch[1])
     return groups
+
+
+def _per_batch(groups: list[list[tuple[_Run, list[_Chunk]]]], calls: list[object]) -> list[object]:
+    """A call's reply holds one reply per batch; a whole call failing (e.g.
+    NOSCRIPT) fails each of them."""
+    outcomes: list[object] = []
+    for group, reply in zip(groups, calls):
+        outcomes += [reply] * len(group) if isinstance(reply, BaseException) else list(reply)  # type: ignore[call-overload]
+    return outcomes
 
 
 def _is_noscript(reply: object) -> bool:
