@@ -24,7 +24,7 @@ PublicError = Callable[[BaseException], str]
 Cancels = Callable[[BaseException], bool]
 
 
-class _Run:
+class _Processing:
     """What both processors track: the stop reason seen so far, the status,
     the error, and a hook's failure to raise once the run is closed."""
 
@@ -97,7 +97,7 @@ def process_stream(
     error event is stored.  A hook's exception is logged and raised once the
     run is closed and ``on_finish`` was called.
     """
-    run = _Run(writer, run_id, cancels)
+    run = _Processing(writer, run_id, cancels)
     interrupted: BaseException | None = None
     try:
         try:
@@ -132,7 +132,7 @@ def process_stream(
     return run.outcome()[1]
 
 
-def _call(run: _Run, name: str, hook: OnFinish) -> None:
+def _call(run: _Processing, name: str, hook: OnFinish) -> None:
     try:
         hook(*run.outcome())
     except Exception as exc:
@@ -157,7 +157,7 @@ async def aprocess_stream(
     cancellation that arrives while the stream is being closed or a hook
     runs lets that finish first, keeps the outcome, and is re-raised.
     """
-    run = _Run(writer.sync, run_id, cancels)
+    run = _Processing(writer.sync, run_id, cancels)
     interrupted: BaseException | None = None
 
     async def call(name: str, hook: OnFinish) -> None:
