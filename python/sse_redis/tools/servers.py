@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +27,9 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 def _die_with_parent(parent: int) -> None:
     """Runs in the server's process before exec: Linux sends it SIGTERM when
     the process that started it ends, however it ends (SIGKILL included), so
-    no embedded server outlives its owner. (Strictly, when the starting
-    *thread* ends: start servers from a thread that lives as long as they do.)"""
+    no embedded server outlives its owner.  Linux means the starting *thread*
+    though, so ``start`` ties only servers started from the main thread (a
+    server started from a short-lived thread would die with that thread)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
@@ -128,7 +130,7 @@ class RedisProcess:
             *self.extra_args,
         ]
         tie = None
-        if sys.platform.startswith("linux"):
+        if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
             parent = os.getpid()
             tie = lambda: _die_with_parent(parent)  # noqa: E731
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=tie)
