@@ -271,7 +271,7 @@ def test_letta_facade_with_a_cluster_client(backend, valkey_cluster, run_id):
 
 
 def test_cli_tail_follows_a_run_on_a_cluster(backend, valkey_cluster, make_writer, run_id, capsys):
-    from sse_redis import cli
+    from sse_redis.tools import cli
 
     run = run_id()
     writer = make_writer(valkey_cluster.seed_url, cluster=True)
@@ -303,7 +303,7 @@ def test_example_app_on_a_cluster(backend, valkey_cluster, served):
 
 
 def test_cli_serve_cluster_needs_a_url(capsys):
-    from sse_redis import cli
+    from sse_redis.tools import cli
 
     assert cli.main(["serve", "--cluster"]) != 0
     assert "--cluster needs --redis-url" in capsys.readouterr().err
