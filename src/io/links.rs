@@ -74,7 +74,7 @@ impl Target {
     pub fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<Link> {
         match self {
             Target::Single(endpoint) => endpoint.connect(connect_timeout, read_timeout).map(Link::Single),
-            Target::Cluster(cluster) => cluster.connect(connect_timeout, read_timeout).map(Link::Cluster),
+            Target::Cluster(cluster) => cluster.connect(connect_timeout, read_timeout).map(|c| Link::Cluster(Box::new(c))),
         }
     }
 
@@ -183,7 +183,8 @@ fn text(value: &Value) -> Option<String> {
 /// An open query connection of either kind; commands route the same way.
 pub enum Link {
     Single(Connection),
-    Cluster(ClusterConnection),
+    /// Boxed: a cluster connection is several times the size of a single one.
+    Cluster(Box<ClusterConnection>),
 }
 
 impl Link {

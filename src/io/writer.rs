@@ -782,7 +782,7 @@ impl Sender {
     /// The opens' `XREVRANGE`s and one script call per group of batches (then
     /// `WAIT`, when asked): one reply per open and one per batch. Sent again,
     /// once, when the server had lost the script.
-    fn pipeline(&mut self, opens: &[String], batches: &[Batch]) -> Result<(Vec<RedisResult<Value>>, Vec<RedisResult<Value>>), SendError> {
+    fn pipeline(&mut self, opens: &[String], batches: &[Batch]) -> Result<Replies, SendError> {
         let groups = groups(batches, self.target.is_cluster());
         let noscript = |replies: &[RedisResult<Value>]| replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")));
         let mut replies = self.exchange(opens, &groups)?;
@@ -888,6 +888,9 @@ impl Sender {
         Ok(())
     }
 }
+
+/// A pipeline's replies: one per open, one per batch.
+type Replies = (Vec<RedisResult<Value>>, Vec<RedisResult<Value>>);
 
 /// Why a pipeline did not go through: Redis's error, or too few replicas
 /// acknowledged it (retried like a broken link: not safe until replicated).

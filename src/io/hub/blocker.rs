@@ -131,7 +131,8 @@ impl Blocker<'_> {
         let (shared, opts) = (self.shared, &self.shared.opts);
         let node = shared.lock().groups.get(self.name).and_then(|g| g.node.clone());
         let timeout = Some(read_timeout(opts));
-        let (mut con, node) = shared.target.connect_node(node.as_deref(), self.attempt, opts.connect_timeout, timeout)?;
+        let (mut con, node) =
+            shared.target.connect_node(node.as_deref(), self.attempt, opts.connect_timeout, timeout)?;
         let id = learn_unblock(shared, &mut con)?;
         if let Some(group) = shared.lock().groups.get_mut(self.name) {
             (group.client_id, group.node) = (Some(id), node);
@@ -257,9 +258,10 @@ fn check_streams(shared: &Shared, name: &str, con: &mut Connection) -> Result<()
         let table = shared.lock();
         let Some(group) = table.groups.get(name) else { return Ok(()) };
         let followed = |key: &String| {
-            table.by_key.get(key).is_some_and(|ids| {
-                ids.iter().any(|i| table.subs.get(i).is_some_and(|s| s.state == SubState::Ok))
-            })
+            table
+                .by_key
+                .get(key)
+                .is_some_and(|ids| ids.iter().any(|i| table.subs.get(i).is_some_and(|s| s.state == SubState::Ok)))
         };
         group.keys.keys().filter(|k| followed(k)).cloned().collect()
     };

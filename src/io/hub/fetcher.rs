@@ -155,7 +155,14 @@ fn catch_up(shared: &Arc<Shared>, con: &mut Link, sid: u64) -> Result<(), RedisE
 
 /// The `XRANGE` of a catch-up (at most `batch_size`, and no more than `room`),
 /// and the `XREVRANGE` of the top when a first fetch found nothing.
-fn fetch(shared: &Shared, con: &mut Link, key: &str, start: &str, first: bool, room: usize) -> Result<Fetched, RedisError> {
+fn fetch(
+    shared: &Shared,
+    con: &mut Link,
+    key: &str,
+    start: &str,
+    first: bool,
+    room: usize,
+) -> Result<Fetched, RedisError> {
     let count = shared.opts.batch_size.min(room);
     let entries: Vec<Arc<HubEntry>> = if count > 0 {
         let reply: Value = redis::cmd("XRANGE").arg(key).arg(start).arg("+").arg("COUNT").arg(count).query(con)?;

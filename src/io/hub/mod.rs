@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::links::{self, Target, TargetError};
-use subscription::{Sub, Table};
 pub use subscription::{HubEntry, SubState};
+use subscription::{Sub, Table};
 use waker::Waker;
 
 #[derive(Debug, Error)]

@@ -179,8 +179,15 @@ class ReaderHub:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be positive")
         self._shared = Shared(
-            url, queue_size, batch_size, block_ms, check_interval, retry_timeout, connect_timeout,
-            socket_timeout, cluster,
+            url,
+            queue_size,
+            batch_size,
+            block_ms,
+            check_interval,
+            retry_timeout,
+            connect_timeout,
+            socket_timeout,
+            cluster,
         )
         threading.Thread(target=fetcher.run, args=(self._shared,), name="sse-redis-fetch", daemon=True).start()
 

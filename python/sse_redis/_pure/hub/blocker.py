@@ -201,7 +201,7 @@ def check_streams(shared: Shared, group: Group, client: redis.Redis) -> None:
         shared.tops = client.register_script(TOPS_SCRIPT)  # EVALSHA, loaded again on NOSCRIPT
     tops = shared.tops(keys=keys, client=client)
     with shared.lock:
-        for key, top in zip(keys, tops):
+        for key, top in zip(keys, tops, strict=False):
             newest = parse_id(top.decode()) if top else None
             for sub in shared.by_key.get(key, ()):
                 if sub.state == SubState.OK and (newest is None or newest < sub.last):

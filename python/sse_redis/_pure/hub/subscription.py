@@ -35,8 +35,18 @@ class Sub:
     """One reader following one stream key from a cursor."""
 
     __slots__ = (
-        "id", "key", "last", "queue", "live", "fetching", "fetched_once",
-        "state", "waker", "notified", "cond", "closed",
+        "closed",
+        "cond",
+        "fetched_once",
+        "fetching",
+        "id",
+        "key",
+        "last",
+        "live",
+        "notified",
+        "queue",
+        "state",
+        "waker",
     )
 
     def __init__(self, sid: int, key: str, after_seq: int, waker: int | None, lock: threading.Lock):
@@ -57,7 +67,7 @@ class Sub:
 class Group:
     """The keys one blocker waits on, with the newest entry ID it has of each."""
 
-    __slots__ = ("keys", "version", "blocking_version", "client_id", "node")
+    __slots__ = ("blocking_version", "client_id", "keys", "node", "version")
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[int, int]] = {}

@@ -4,6 +4,7 @@ became ready since the loop last looked."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -32,7 +33,5 @@ class Waker:
 def wake(fd: int) -> None:
     """Write one byte to the loop's socket; a full or closed socket means the
     loop is awake already."""
-    try:
+    with contextlib.suppress(BlockingIOError, OSError):
         os.write(fd, b"\0")
-    except (BlockingIOError, OSError):
-        pass
