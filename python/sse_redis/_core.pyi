@@ -5,21 +5,21 @@ Every function takes and returns ``str``; a ``str`` that cannot be encoded as
 UTF-8 (a lone surrogate) raises ``UnicodeEncodeError`` in both backends.
 """
 
-from typing import Final, final
+from typing import Final, TypeAlias, final
 
 from ._states import SubState
 
 __all__ = [
-    "Event",
-    "SSEParser",
-    "encode_event",
-    "patch_nulls",
-    "is_terminal",
-    "sniff_stop_reason",
-    "set_event_id",
     "MAX_NESTING",
-    "WriterEngine",
+    "Event",
     "ReaderHub",
+    "SSEParser",
+    "WriterEngine",
+    "encode_event",
+    "is_terminal",
+    "patch_nulls",
+    "set_event_id",
+    "sniff_stop_reason",
 ]
 
 MAX_NESTING: Final[int]  # 128
@@ -45,7 +45,6 @@ class Event:
     @property
     def retry(self) -> int | None: ...
     def __eq__(self, other: object) -> bool: ...
-    def __repr__(self) -> str: ...
 
 @final
 class SSEParser:
@@ -62,9 +61,7 @@ class SSEParser:
     @property
     def last_event_id(self) -> str: ...
 
-def encode_event(
-    data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None
-) -> str:
+def encode_event(data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None) -> str:
     """One SSE event: ``event:``, ``id:``, ``retry:`` lines when given, then one
     ``data:`` line per line of ``data`` (split on CRLF, LF or CR), then a blank
     line.  ``event``/``id`` with CR, LF or NUL raise ``ValueError``; ``retry``
@@ -93,7 +90,7 @@ def set_event_id(chunk: str, event_id: str) -> str:
 
 # -- engines: I/O on background threads, GIL released while waiting ------------
 
-Entry = tuple[str, int, str, bool, bool]
+Entry: TypeAlias = tuple[str, int, str, bool, bool]
 """``(stream entry id, seq_id, data, complete, broken)``; broken: the error
 terminal of a run its writer broke off, after seqs that may be missing."""
 

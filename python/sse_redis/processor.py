@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, AsyncIterable, Awaitable, Callable, Iterable, Optional
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import Any
 
 from .writer import AsyncStreamWriter, StreamWriter
 
 log = logging.getLogger("sse_redis")
 
 # on_finish(run_id, status, stop_reason, error); on_failure takes the same.
-OnFinish = Callable[[str, str, Optional[str], Optional[BaseException]], Any]
+OnFinish = Callable[[str, str, str | None, BaseException | None], Any]
 PublicError = Callable[[BaseException], str]
 Cancels = Callable[[BaseException], bool]
 

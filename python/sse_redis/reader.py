@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
-from . import _backend, _fork, keys as _keys
+from . import _backend, _fork
+from . import keys as _keys
 from ._options import NO_LIMIT, ReaderOptions, seconds
 from ._states import SubState
 from .connection import redact, resolve_target
@@ -38,11 +40,7 @@ def cursor_of(starting_after: int | None, last_event_id: str | None) -> int:
         return int(text)
     if starting_after is None:
         return 0
-    if (
-        isinstance(starting_after, bool)
-        or not isinstance(starting_after, int)
-        or not 0 <= starting_after <= MAX_CURSOR
-    ):
+    if isinstance(starting_after, bool) or not isinstance(starting_after, int) or not 0 <= starting_after <= MAX_CURSOR:
         raise ValueError(f"starting_after must be an int from 0 to 2**63-1, not {starting_after!r}")
     return starting_after
 
@@ -52,7 +50,7 @@ class _Follow:
 
     def __init__(
         self,
-        reader: "StreamReader",
+        reader: StreamReader,
         run_id: str,
         cursor: int,
         *,
@@ -120,9 +118,7 @@ class _Follow:
         elif state == SubState.MISSING and now >= self.missing_deadline:
             raise StreamNotFound(f"run {self.run_id!r}: no stream appeared within the missing timeout")
         elif state == SubState.OK and now - self.last_entry >= self.idle_timeout:
-            raise StreamStalled(
-                f"run {self.run_id!r}: no new chunk for {self.idle_timeout}s (is its writer gone?)"
-            )
+            raise StreamStalled(f"run {self.run_id!r}: no new chunk for {self.idle_timeout}s (is its writer gone?)")
         elif not out and self.ping_interval is not None and now - self.last_sent >= self.ping_interval:
             self.last_sent = now
             out.append(PING)
@@ -214,8 +210,10 @@ class StreamReader:
         Raises ``StreamNotFound``, ``StreamStalled``, ``StreamTrimmed`` or
         ``RedisUnavailable`` instead of waiting forever; the timeouts default
         to the reader's."""
-        return self._read(self._key(run_id), self._follow(run_id, starting_after, last_event_id, stamp_ids,
-                                                          idle_timeout, missing_timeout))
+        return self._read(
+            self._key(run_id),
+            self._follow(run_id, starting_after, last_event_id, stamp_ids, idle_timeout, missing_timeout),
+        )
 
     def _follow(
         self,
@@ -231,8 +229,9 @@ class StreamReader:
         if missing_timeout is not None:
             missing_timeout = seconds("missing_timeout", missing_timeout, unlimited=True)
         cursor = cursor_of(starting_after, last_event_id)
-        return _Follow(self, run_id, cursor, stamp_ids=stamp_ids, idle_timeout=idle_timeout,
-                       missing_timeout=missing_timeout)
+        return _Follow(
+            self, run_id, cursor, stamp_ids=stamp_ids, idle_timeout=idle_timeout, missing_timeout=missing_timeout
+        )
 
     def _read(self, key: str, follow: _Follow) -> Iterator[str]:
         hub = self.hub
@@ -252,7 +251,7 @@ class StreamReader:
         if hub is not None:
             hub.close()
 
-    def __enter__(self) -> "StreamReader":
+    def __enter__(self) -> StreamReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -284,7 +283,7 @@ class _LoopWaker:
             if future is not None and not future.done():
                 future.set_result(None)
 
-    def arm(self, sid: int) -> "asyncio.Future[None]":
+    def arm(self, sid: int) -> asyncio.Future[None]:
         future = self.loop.create_future()
         self.waiting[sid] = future
         return future
@@ -400,7 +399,7 @@ class _Deadline:
         self.handle: asyncio.TimerHandle | None = None
         self.future: asyncio.Future[None] | None = None
 
-    def wait(self, future: "asyncio.Future[None]", timeout: float) -> "asyncio.Future[None]":
+    def wait(self, future: asyncio.Future[None], timeout: float) -> asyncio.Future[None]:
         """``future``, resolved at the latest ``timeout`` seconds from now."""
         when = self.loop.time() + timeout
         if self.handle is None or when < self.handle.when():

@@ -15,7 +15,8 @@ import time
 import weakref
 from typing import Any
 
-from . import _backend, _fork, keys as _keys
+from . import _backend, _fork
+from . import keys as _keys
 from ._options import WriterOptions, seconds, wait_seconds
 from .connection import redact, resolve_target
 from .errors import RunClosedError, SSERedisError, WriteTimeout
@@ -36,9 +37,7 @@ def failure_chunk(run_id: str, exc: BaseException | None, public_message: str | 
 def error_chunk(message: str) -> str:
     """The terminal error event a browser sees: ``event: error`` plus JSON."""
     codec = _backend.module()
-    return codec.encode_event(
-        json.dumps({"error": message, "code": "INTERNAL_SERVER_ERROR"}), event="error"
-    )
+    return codec.encode_event(json.dumps({"error": message, "code": "INTERNAL_SERVER_ERROR"}), event="error")
 
 
 class StreamWriter:
@@ -199,7 +198,7 @@ class StreamWriter:
         if engine is not None:
             engine.close(timeout)
 
-    def __enter__(self) -> "StreamWriter":
+    def __enter__(self) -> StreamWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -250,7 +249,9 @@ class AsyncStreamWriter:
     async def complete(self, run_id: str) -> int | None:
         return await self._finish(run_id, DONE_CHUNK, error=False)
 
-    async def fail(self, run_id: str, exc: BaseException | None = None, public_message: str | None = None) -> int | None:
+    async def fail(
+        self, run_id: str, exc: BaseException | None = None, public_message: str | None = None
+    ) -> int | None:
         return await self._finish(run_id, failure_chunk(run_id, exc, public_message), error=True)
 
     async def _finish(self, run_id: str, chunk: str, *, error: bool) -> int | None:
@@ -278,7 +279,7 @@ class AsyncStreamWriter:
     async def close(self, timeout: float | None = None) -> None:
         await asyncio.to_thread(self.sync.close, timeout)
 
-    async def __aenter__(self) -> "AsyncStreamWriter":
+    async def __aenter__(self) -> AsyncStreamWriter:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -286,7 +287,7 @@ class AsyncStreamWriter:
 
 
 # Writers still open at interpreter exit are flushed, so no queued chunk is lost.
-_open_writers: "weakref.WeakSet[StreamWriter]" = weakref.WeakSet()
+_open_writers: weakref.WeakSet[StreamWriter] = weakref.WeakSet()
 
 
 @atexit.register

@@ -42,10 +42,7 @@ fn parse_entry(value: &Value) -> Option<Entry> {
     let Value::Array(pair) = value else { return None };
     let id = text(pair.first()?)?;
     let fields = match pair.get(1)? {
-        Value::Array(flat) => flat
-            .chunks(2)
-            .filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?)))
-            .collect(),
+        Value::Array(flat) => flat.chunks(2).filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?))).collect(),
         Value::Map(map) => map.iter().filter_map(|(k, v)| Some((text(k)?, text(v)?))).collect(),
         _ => Vec::new(),
     };

@@ -10,7 +10,7 @@ use redis::cluster::{cluster_pipe, ClusterClient, ClusterConnection};
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::TcpSettings;
 use redis::{
-    Client, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, Connection, ConnectionLike, IntoConnectionInfo,
+    Client, ClientTlsConfig, Cmd, Connection, ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo,
     RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, Value,
 };
 
@@ -74,7 +74,9 @@ impl Target {
     pub fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<Link> {
         match self {
             Target::Single(endpoint) => endpoint.connect(connect_timeout, read_timeout).map(Link::Single),
-            Target::Cluster(cluster) => cluster.connect(connect_timeout, read_timeout).map(|c| Link::Cluster(Box::new(c))),
+            Target::Cluster(cluster) => {
+                cluster.connect(connect_timeout, read_timeout).map(|c| Link::Cluster(Box::new(c)))
+            }
         }
     }
 
@@ -236,7 +238,8 @@ impl Link {
                 routes.dedup();
                 let mut fewest = replicas;
                 for route in routes {
-                    let reply = con.route_command(&wait, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)))?;
+                    let reply =
+                        con.route_command(&wait, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)))?;
                     fewest = fewest.min(redis::FromRedisValue::from_redis_value(reply)?);
                 }
                 Ok(fewest)
@@ -248,7 +251,8 @@ impl Link {
     pub fn on_node(&mut self, cmd: &Cmd, node: Option<&str>) -> RedisResult<Value> {
         match (self, node.and_then(|n| n.rsplit_once(':'))) {
             (Link::Cluster(con), Some((host, port))) => {
-                let port = port.parse().map_err(|_| RedisError::from((redis::ErrorKind::Client, "bad node address")))?;
+                let port =
+                    port.parse().map_err(|_| RedisError::from((redis::ErrorKind::Client, "bad node address")))?;
                 let route = SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port };
                 con.route_command(cmd, RoutingInfo::SingleNode(route))
             }
@@ -403,12 +407,11 @@ impl Endpoint {
         let info = info.set_redis_settings(redis).set_tcp_settings(keepalive());
         let certs = if tls { Some(tls_certificates(&params)?) } else { None };
         let accept_invalid_hostnames = tls
-            && params.get("ssl_check_hostname").is_some_and(|v| {
-                matches!(v.to_ascii_lowercase().as_str(), "0" | "f" | "false" | "n" | "no")
-            });
+            && params
+                .get("ssl_check_hostname")
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "0" | "f" | "false" | "n" | "no"));
         let client_name = params.get("client_name").filter(|n| !n.is_empty()).cloned();
-        let client = client(&info, certs.as_ref(), accept_invalid_hostnames)
-            .map_err(|e| invalid(&e.kind_text()))?;
+        let client = client(&info, certs.as_ref(), accept_invalid_hostnames).map_err(|e| invalid(&e.kind_text()))?;
         Ok(Endpoint { client, info, certs, accept_invalid_hostnames, client_name })
     }
 
@@ -423,7 +426,11 @@ impl Endpoint {
 }
 
 /// A client for `info`, with its certificates (`rediss://`).
-fn client(info: &ConnectionInfo, certs: Option<&TlsCertificates>, accept_invalid_hostnames: bool) -> RedisResult<Client> {
+fn client(
+    info: &ConnectionInfo,
+    certs: Option<&TlsCertificates>,
+    accept_invalid_hostnames: bool,
+) -> RedisResult<Client> {
     let client = match certs {
         Some(certs) => Client::build_with_tls(info.clone(), certs.clone())?,
         None => Client::open(info.clone())?,
@@ -496,9 +503,7 @@ pub fn keepalive() -> TcpSettings {
             target_os = "fuchsia",
             target_os = "windows"
         ))]
-        let probes = probes
-            .with_interval(Duration::from_secs(KEEPALIVE_INTERVAL_SECS))
-            .with_retries(KEEPALIVE_PROBES);
+        let probes = probes.with_interval(Duration::from_secs(KEEPALIVE_INTERVAL_SECS)).with_retries(KEEPALIVE_PROBES);
         TcpSettings::default().set_keepalive(probes)
     }
     #[cfg(target_family = "wasm")]

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::{Cmd, RedisError, RedisResult, Value};
 use thiserror::Error;
 
-use super::links::{self, Link, Target, TargetError};
 use super::entries::parse_range;
+use super::links::{self, Link, Target, TargetError};
 
 const APPEND_SCRIPT: &str = include_str!("../../python/sse_redis/append.lua");
 /// Bounds on chunks per pipeline and per script call, so that one round trip,
@@ -302,7 +302,6 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
-
 impl Engine {
     pub fn new(url: &str, mut opts: Options) -> Result<Engine, WriteError> {
         // Trusted (the binding checks them), but a zero must not stall a write.
@@ -333,11 +332,12 @@ impl Engine {
         loop {
             let result = match slot.as_mut() {
                 Some(con) => f(con),
-                None => self.target.connect(opts.connect_timeout, Some(opts.socket_timeout))
-                    .and_then(|mut con| f(&mut con).map(|r| (con, r)).map(|(con, r)| {
+                None => self.target.connect(opts.connect_timeout, Some(opts.socket_timeout)).and_then(|mut con| {
+                    f(&mut con).map(|r| (con, r)).map(|(con, r)| {
                         *slot = Some(con);
                         r
-                    })),
+                    })
+                }),
             };
             let err = match result {
                 Ok(value) => return Ok(value),
@@ -519,9 +519,8 @@ impl Engine {
     }
 
     pub fn last_seq(&self, key: &str) -> Result<u64, WriteError> {
-        let reply: Value = self.control(|c| {
-            redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query(c)
-        })?;
+        let reply: Value =
+            self.control(|c| redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query(c))?;
         Ok(parse_range(&reply).first().map_or(0, |e| e.seq()))
     }
 
@@ -653,7 +652,9 @@ impl Sender {
             let end = match (large, opens.is_empty()) {
                 (true, false) => start, // the opens first, on their own
                 (true, true) => start + 1,
-                (false, _) => (start..work.batches.len()).find(|&i| work.batches[i].large()).unwrap_or(work.batches.len()),
+                (false, _) => {
+                    (start..work.batches.len()).find(|&i| work.batches[i].large()).unwrap_or(work.batches.len())
+                }
             };
             let isolated = large && opens.is_empty();
             let (t, o) = self.send(opens, &work.batches[start..end], isolated);
@@ -670,12 +671,20 @@ impl Sender {
     /// One pipeline, retried (safely: the script spots its own batches) until
     /// the deadline. `isolated`: one batch with a large chunk, which a server
     /// may refuse by dropping the connection.
-    fn send(&mut self, opens: &[String], batches: &[Batch], isolated: bool) -> (Vec<Result<Value, WriteError>>, Vec<Outcome>) {
+    fn send(
+        &mut self,
+        opens: &[String],
+        batches: &[Batch],
+        isolated: bool,
+    ) -> (Vec<Result<Value, WriteError>>, Vec<Outcome>) {
         let deadline = Instant::now() + self.shared.opts.retry_timeout;
         let mut delay = Duration::from_millis(10);
         let mut refusals = 0;
         let fail_all = |error: WriteError| {
-            (opens.iter().map(|_| Err(error.clone())).collect(), batches.iter().map(|_| Outcome::Failed(error.clone())).collect())
+            (
+                opens.iter().map(|_| Err(error.clone())).collect(),
+                batches.iter().map(|_| Outcome::Failed(error.clone())).collect(),
+            )
         };
         loop {
             let failure = match self.pipeline(opens, batches) {
@@ -764,7 +773,9 @@ impl Sender {
         let opts = &self.shared.opts;
         let retry_timeout = opts.retry_timeout;
         let failure = match failure {
-            SendError::Redis(err) if err.code() == Some("OOM") => return WriteError::OutOfMemory { retry_timeout, source: err },
+            SendError::Redis(err) if err.code() == Some("OOM") => {
+                return WriteError::OutOfMemory { retry_timeout, source: err }
+            }
             SendError::Redis(err) => LinkFailure::of(&err, opts.socket_timeout),
             SendError::TooFewReplicas(failure) => failure,
         };
@@ -784,7 +795,9 @@ impl Sender {
     /// once, when the server had lost the script.
     fn pipeline(&mut self, opens: &[String], batches: &[Batch]) -> Result<Replies, SendError> {
         let groups = groups(batches, self.target.is_cluster());
-        let noscript = |replies: &[RedisResult<Value>]| replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")));
+        let noscript = |replies: &[RedisResult<Value>]| {
+            replies.iter().any(|r| matches!(r, Err(e) if e.code() == Some("NOSCRIPT")))
+        };
         let mut replies = self.exchange(opens, &groups)?;
         if noscript(&replies) {
             self.script_loaded = false; // the server lost its scripts (restart, SCRIPT FLUSH, failover)
@@ -934,7 +947,8 @@ fn groups(batches: &[Batch], cluster: bool) -> Vec<&[Batch]> {
     let mut groups = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, batch) in batches.iter().enumerate() {
-        let other_slot = cluster && i > start && links::slot_group(&batch.key) != links::slot_group(&batches[start].key);
+        let other_slot =
+            cluster && i > start && links::slot_group(&batch.key) != links::slot_group(&batches[start].key);
         if i > start && (size + batch.chunks.len() > MAX_CALL_CHUNKS || other_slot) {
             groups.push(&batches[start..i]);
             (start, size) = (i, 0);
@@ -973,7 +987,14 @@ fn take_batches(state: &mut State, flush_size: usize) -> Vec<Batch> {
             let chunks: Vec<Chunk> = run.queue.drain(..take).collect();
             let after_break = run.ending.then_some(run.stored);
             let own = chunks[0].seq > run.opened + 1;
-            batches.push(Batch { key: key.clone(), epoch: run.epoch, chunks, trusted_on: run.trusted_on, own, after_break });
+            batches.push(Batch {
+                key: key.clone(),
+                epoch: run.epoch,
+                chunks,
+                trusted_on: run.trusted_on,
+                own,
+                after_break,
+            });
             room -= take;
         }
         if run.queue.is_empty() {

@@ -11,19 +11,14 @@ use pyo3::types::{PyBool, PyInt, PyString};
 /// `TypeError` unless `value` is an `int` (not a `bool`).
 pub fn int_type(value: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
     if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be an int, not {}",
-            value.get_type().name()?
-        )));
+        return Err(PyTypeError::new_err(format!("{name} must be an int, not {}", value.get_type().name()?)));
     }
     Ok(())
 }
 
 /// An `int` already type-checked, `ValueError` unless in `0..2**64`.
 pub fn u64_value(value: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
-    value
-        .extract::<u64>()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be between 0 and 2**64 - 1")))
+    value.extract::<u64>().map_err(|_| PyValueError::new_err(format!("{name} must be between 0 and 2**64 - 1")))
 }
 
 /// An `int` (not `bool`) in `0..2**64`, or `None`.
@@ -43,7 +38,10 @@ pub fn opt_str_arg<'a>(value: Option<&'a Bound<'_, PyAny>>, name: &str) -> PyRes
         None => Ok(None),
         Some(v) => {
             let s = v.cast::<PyString>().map_err(|_| {
-                PyTypeError::new_err(format!("{name} must be a str, not {}", v.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+                PyTypeError::new_err(format!(
+                    "{name} must be a str, not {}",
+                    v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
             })?;
             Ok(Some(s.to_str()?))
         }

@@ -40,12 +40,7 @@ impl Event {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let r = |s: &str| -> PyResult<String> { Ok(PyString::new(py, s).repr()?.to_str()?.to_owned()) };
         let retry = self.retry.map_or_else(|| "None".to_owned(), |r| r.to_string());
-        Ok(format!(
-            "Event(event={}, data={}, id={}, retry={retry})",
-            r(&self.event)?,
-            r(&self.data)?,
-            r(&self.id)?
-        ))
+        Ok(format!("Event(event={}, data={}, id={}, retry={retry})", r(&self.event)?, r(&self.data)?, r(&self.id)?))
     }
 }
 

@@ -1,10 +1,10 @@
 //! `ReaderHub`: the Python face of `crate::io::hub`, GIL released while waiting.
 
-use std::sync::Arc;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use std::sync::Arc;
 
 use super::args::{opt_seconds, seconds};
 use crate::io::hub::{Hub, HubEntry, Options, Polled, SubState};

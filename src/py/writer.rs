@@ -1,7 +1,6 @@
 //! `WriterEngine`: the Python face of `crate::io::writer`, GIL released
 //! around anything that may wait on Redis.
 
-
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -10,7 +9,11 @@ use super::args::{opt_seconds, seconds};
 use crate::io::writer::{Engine, Kind, Options};
 
 fn kind(complete: bool) -> Kind {
-    if complete { Kind::Terminal } else { Kind::Chunk }
+    if complete {
+        Kind::Terminal
+    } else {
+        Kind::Chunk
+    }
 }
 
 #[pyclass(frozen, module = "sse_redis._core")]

@@ -16,12 +16,12 @@ from .writer import WriterEngine
 __all__ = [
     "MAX_NESTING",
     "Event",
+    "ReaderHub",
     "SSEParser",
+    "WriterEngine",
     "encode_event",
     "is_terminal",
     "patch_nulls",
     "set_event_id",
     "sniff_stop_reason",
-    "ReaderHub",
-    "WriterEngine",
 ]

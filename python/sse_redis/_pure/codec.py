@@ -15,10 +15,10 @@ __all__ = [
     "Event",
     "SSEParser",
     "encode_event",
-    "patch_nulls",
     "is_terminal",
-    "sniff_stop_reason",
+    "patch_nulls",
     "set_event_id",
+    "sniff_stop_reason",
 ]
 
 MAX_NESTING = 128
@@ -70,7 +70,7 @@ def _lines(text: str) -> list[str]:
 class Event:
     """One dispatched Server-Sent Event (immutable)."""
 
-    __slots__ = ("_event", "_data", "_id", "_retry")
+    __slots__ = ("_data", "_event", "_id", "_retry")
 
     def __init_subclass__(cls, **kwargs):
         raise TypeError("type 'Event' is not an acceptable base type")  # final, like the Rust class
@@ -116,10 +116,7 @@ class Event:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return (
-            f"Event(event={self._event!r}, data={self._data!r}, "
-            f"id={self._id!r}, retry={self._retry!r})"
-        )
+        return f"Event(event={self._event!r}, data={self._data!r}, id={self._id!r}, retry={self._retry!r})"
 
 
 def _event(data: str, event: str, id: str, retry: int | None) -> Event:
@@ -138,7 +135,7 @@ def _event(data: str, event: str, id: str, retry: int | None) -> Event:
 class SSEParser:
     """Incremental WHATWG event-stream parser."""
 
-    __slots__ = ("_pending", "_skip_lf", "_started", "_data", "_type", "_last_id", "_retry")
+    __slots__ = ("_data", "_last_id", "_pending", "_retry", "_skip_lf", "_started", "_type")
 
     def __init_subclass__(cls, **kwargs):
         raise TypeError("type 'SSEParser' is not an acceptable base type")  # final, like the Rust class
@@ -219,9 +216,7 @@ class SSEParser:
 # ---------------------------------------------------------------- encode_event
 
 
-def encode_event(
-    data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None
-) -> str:
+def encode_event(data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None) -> str:
     # Types first, values second: the same order in which the Rust core extracts arguments.
     _check_str(data, "data")
     if event is not None:
@@ -396,9 +391,7 @@ def sniff_stop_reason(chunk: str) -> str | None:
     if data is None:
         return None
     try:
-        obj = json.loads(
-            data, parse_constant=_reject_constant, parse_int=_number, parse_float=_number
-        )
+        obj = json.loads(data, parse_constant=_reject_constant, parse_int=_number, parse_float=_number)
     except (ValueError, RecursionError):
         return None
     if type(obj) is not dict or obj.get("message_type") != "stop_reason":

@@ -29,9 +29,7 @@ LINK_ERRORS = (
 )
 
 
-def connect(
-    url: str, connect_timeout: float, socket_timeout: float | None, *, cluster: bool = False
-) -> Client:
+def connect(url: str, connect_timeout: float, socket_timeout: float | None, *, cluster: bool = False) -> Client:
     """A client of our own for ``url`` (a ``Target``: its client settings too);
     retries are ours, not redis-py's."""
     if cluster:
@@ -76,9 +74,11 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 5, 2, 3
 def _keepalive_options() -> dict[int, int]:
     options: dict[int, int] = {}
     idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS
-    for option, value in ((idle, KEEPALIVE_IDLE),
-                          (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
-                          (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES)):
+    for option, value in (
+        (idle, KEEPALIVE_IDLE),
+        (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+        (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+    ):
         if option is not None:
             options[option] = value
     return options
