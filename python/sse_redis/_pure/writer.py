@@ -76,7 +76,7 @@ def _checkout(pool: Any) -> Any:
 
 
 class _Chunk:
-    __slots__ = ("seq", "data", "timestamp", "complete")
+    __slots__ = ("complete", "data", "seq", "timestamp")
 
     def __init__(self, seq: int, data: str, complete: bool) -> None:
         self.seq = seq
@@ -93,7 +93,16 @@ class _Run:
     """What the engine knows of one open run."""
 
     __slots__ = (
-        "key", "queue", "next_seq", "stored", "opened", "closing", "error", "ending", "ready", "in_flight",
+        "closing",
+        "ending",
+        "error",
+        "in_flight",
+        "key",
+        "next_seq",
+        "opened",
+        "queue",
+        "ready",
+        "stored",
         "trusted_on",
     )
 
@@ -127,7 +136,7 @@ class _Run:
 class _Opening:
     """A run being opened by the sender, and the callers waiting for it."""
 
-    __slots__ = ("waiting", "failed")
+    __slots__ = ("failed", "waiting")
 
     def __init__(self) -> None:
         self.waiting = 0
@@ -482,6 +491,10 @@ class WriterEngine:
                 # deadline, what did land counts and the rest fails.
                 transient = next((r for r in replies if isinstance(r, RETRYABLE)), None)
                 if transient is None:
+                    if isolated and isinstance(replies[0], redis.RedisError):
+                        # The server answered the large chunk with an error
+                        # (e.g. "invalid bulk length") instead of dropping the link.
+                        return [_refused_chunk(batches[0], replies[0])]
                     return replies
                 if time.monotonic() + delay > deadline or self._closed:
                     return [self._gave_up(r) if isinstance(r, RETRYABLE) else r for r in replies]
@@ -668,9 +681,7 @@ class _AlreadyComplete(Exception):
     """A batch holding only a terminal chunk found the run already closed."""
 
 
-def _groups(
-    batches: list[tuple[_Run, list[_Chunk]]], cluster: bool
-) -> list[list[tuple[_Run, list[_Chunk]]]]:
+def _groups(batches: list[tuple[_Run, list[_Chunk]]], cluster: bool) -> list[list[tuple[_Run, list[_Chunk]]]]:
     """Consecutive batches, cut into script calls of at most MAX_CALL_CHUNKS
     chunks (and, on a cluster, of one slot each)."""
     groups: list[list[tuple[_Run, list[_Chunk]]]] = []
@@ -718,6 +729,4 @@ def _batch_error(key: str, chunks: list[_Chunk], outcome: object, after: int | N
         return StaleWriterError(f"run stream {key!r} vanished (expired or deleted) after seq {expected}")
     if top == expected:
         return StaleWriterError(f"run stream {key!r}: seq {top} was written by another writer")
-    return StaleWriterError(
-        f"run stream {key!r} is at seq {top}, not {expected}: another writer has written to it"
-    )
+    return StaleWriterError(f"run stream {key!r} is at seq {top}, not {expected}: another writer has written to it")
