@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text(encoding="utf-8"))["package"]["version"]  # the one source
 SOURCE_PACKAGE = ROOT / "python" / "sse_redis"
 COMPILED_SUFFIXES = (".so", ".pyd", ".pyc")
 
@@ -98,7 +99,7 @@ def _requirements(meta: email.message.Message) -> set[tuple[str, str, str]]:
 
 def test_pure_wheel_is_any_and_has_the_whole_package_but_no_binary(wheels):
     wheel = wheels["python"]
-    assert wheel.name == f"sse_redis-{PROJECT['version']}-py3-none-any.whl"
+    assert wheel.name == f"sse_redis-{VERSION}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as zf:
         packaged = {n for n in zf.namelist() if n.startswith("sse_redis/")}
     source = {
@@ -122,7 +123,7 @@ def test_both_wheels_declare_the_same_metadata(wheels):
     rust, pure = (_wheel_metadata(wheels[k]) for k in ("rust", "python"))
     for field in ("Name", "Version", "Requires-Python"):
         assert rust[field] == pure[field], field
-    assert rust["Version"] == PROJECT["version"]
+    assert rust["Version"] == VERSION
     assert sorted(rust.get_all("Provides-Extra")) == sorted(pure.get_all("Provides-Extra"))
     assert sorted(rust.get_all("Provides-Extra")) == sorted(PROJECT["optional-dependencies"])
     assert _requirements(rust) == _requirements(pure)

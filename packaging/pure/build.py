@@ -45,9 +45,16 @@ def wheel_name(project: dict) -> str:
     return f"{dist}-{project['version']}-py3-none-any.whl"
 
 
+def with_static_version(pyproject_text: str) -> str:
+    """The main pyproject with its dynamic version (maturin reads Cargo.toml's)
+    written in, since hatchling knows no Cargo.toml."""
+    version = tomllib.loads((ROOT / "Cargo.toml").read_text(encoding="utf-8"))["package"]["version"]
+    return re.sub(r'^dynamic = \["version"\].*$', f'version = "{version}"', pyproject_text, count=1, flags=re.M)
+
+
 def build_wheel(out_dir: Path) -> Path:
     """Build the pure wheel into ``out_dir`` and return its path."""
-    main_text = MAIN_PYPROJECT.read_text(encoding="utf-8")
+    main_text = with_static_version(MAIN_PYPROJECT.read_text(encoding="utf-8"))
     project = tomllib.loads(main_text)["project"]
     staged_pyproject = (HERE / "pyproject.toml").read_text(encoding="utf-8")
     staged_pyproject += "\n" + project_tables(main_text)

@@ -9,6 +9,7 @@ every face also takes ``backend="rust"|"python"``.
 from __future__ import annotations
 
 import logging
+from importlib import metadata as _metadata
 
 from ._backend import BACKEND
 from ._backend import module as _module
@@ -66,4 +67,7 @@ __all__ = [
     "set_event_id",
     "sniff_stop_reason",
 ]
-__version__ = "0.1.0"
+try:  # one version, Cargo.toml's, as the installed distribution reports it
+    __version__ = _metadata.version("sse-redis")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
