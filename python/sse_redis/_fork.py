@@ -22,7 +22,8 @@ def _after_fork_in_child() -> None:
     generation += 1
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # Windows has no fork(), so nothing to follow
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PerProcess:
