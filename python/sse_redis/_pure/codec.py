@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from json.encoder import encode_basestring as _encode_basestring
+from typing import NoReturn
 
 __all__ = [
     "MAX_NESTING",
@@ -72,7 +73,7 @@ class Event:
 
     __slots__ = ("_data", "_event", "_id", "_retry")
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: object) -> NoReturn:
         raise TypeError("type 'Event' is not an acceptable base type")  # final, like the Rust class
 
     def __init__(self, data: str, event: str = "message", id: str = "", retry: int | None = None):
@@ -104,10 +105,10 @@ class Event:
     def retry(self) -> int | None:
         return self._retry
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[str, str, str, int | None]:
         return (self._event, self._data, self._id, self._retry)
 
-    def __eq__(self, other: object):
+    def __eq__(self, other: object) -> bool:
         if type(other) is not Event:
             return NotImplemented
         return self._key() == other._key()
@@ -137,7 +138,7 @@ class SSEParser:
 
     __slots__ = ("_data", "_last_id", "_pending", "_retry", "_skip_lf", "_started", "_type")
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: object) -> NoReturn:
         raise TypeError("type 'SSEParser' is not an acceptable base type")  # final, like the Rust class
 
     def __init__(self) -> None:
@@ -197,12 +198,11 @@ class SSEParser:
         elif name == "id":
             if "\0" not in value:
                 self._last_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                digits = value.lstrip("0")
-                # Check the length first: int() refuses very long digit strings.
-                if len(digits) <= 20 and int(digits or "0") < _U64:
-                    self._retry = int(digits or "0")
+        elif name == "retry" and value.isascii() and value.isdigit():  # the last branch: nothing else to try
+            digits = value.lstrip("0")
+            # Check the length first: int() refuses very long digit strings.
+            if len(digits) <= 20 and int(digits or "0") < _U64:
+                self._retry = int(digits or "0")
 
     def _dispatch(self, events: list[Event]) -> None:
         data, event_type = self._data, self._type
@@ -262,7 +262,16 @@ _HIT_BOTH = re.compile(r'"(run_id|seq_id)' + _HIT_TAIL)
 _EOL = re.compile(r"[\r\n]")
 
 
-def _fill_value(text, start, end, hit, run_json, seq_text, out, done):
+def _fill_value(
+    text: str,
+    start: int,
+    end: int,
+    hit: re.Pattern[str],
+    run_json: str,
+    seq_text: str,
+    out: list[str],
+    done: int,
+) -> int:
     """Fill the hits of the data value ``text[start:end]``; pieces go to ``out``.
 
     ``done`` is how much of ``text`` is already in ``out``; the new mark is returned.
@@ -276,12 +285,15 @@ def _fill_value(text, start, end, hit, run_json, seq_text, out, done):
             return done
         at = m.start()
         outside = _OUTSIDE.match(text, pos, at)
+        assert outside is not None  # a starred group: it matches, the empty string at least
         if outside.group(2) is None:  # the quote at ``at`` opens a token
             out.append(text[done : m.end() - 4])
             out.append(run_json if m.group(1) == "run_id" else seq_text)
             done = pos = m.end()
         else:
-            pos = _TOKEN.match(text, outside.start(1), end).end()
+            token = _TOKEN.match(text, outside.start(1), end)
+            assert token is not None  # from a quote, it always matches: up to a quote or to the end
+            pos = token.end()
 
 
 def patch_nulls(text: str, run_id: str | None, seq_id: int | None) -> str:
@@ -304,8 +316,9 @@ def patch_nulls(text: str, run_id: str | None, seq_id: int | None) -> str:
     else:
         return text
     # encode_basestring is what json.dumps(s, ensure_ascii=False) calls, minus its overhead.
-    run_json = _encode_basestring(run_id) if has_run else ""
-    seq_text = str(int(seq_id)) if has_seq else ""
+    # (has_run implies run_id is not None, has_seq seq_id: repeated for mypy.)
+    run_json = _encode_basestring(run_id) if has_run and run_id is not None else ""
+    seq_text = str(int(seq_id)) if has_seq and seq_id is not None else ""
 
     out: list[str] = []
     done = 0
@@ -370,8 +383,8 @@ def _number(_text: str) -> int:
     return 0
 
 
-def _within_nesting(obj: object) -> bool:
-    stack = [(obj, 1)]
+def _within_nesting(obj: dict[str, object] | list[object]) -> bool:
+    stack: list[tuple[dict[str, object] | list[object], int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_NESTING:
