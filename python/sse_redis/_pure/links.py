@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import socket
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -15,7 +15,19 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-Client = Union[redis.Redis, RedisCluster]
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+    from redis.cluster import ClusterNode
+    from redis.typing import KeyT, StreamIdT
+
+Client = redis.Redis | RedisCluster
+
+# A stream entry as these clients get it (RESP2, no decode_responses: the
+# connection module keeps both settings out of a Target): ``(entry_id, fields)``.
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+# An XREAD reply in the same setting: ``[key, entries]`` per stream with news
+# (two-item lists, typed as the pairs they are unpacked into).
+RawXRead = list[tuple[bytes, list[RawEntry]]]
 
 # A broken link, or a server that only means "not now": worth retrying.
 LINK_ERRORS = (
@@ -72,16 +84,13 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 5, 2, 3
 
 
 def _keepalive_options() -> dict[int, int]:
-    options: dict[int, int] = {}
     idle = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS
-    for option, value in (
+    wanted = (
         (idle, KEEPALIVE_IDLE),
         (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
         (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
-    ):
-        if option is not None:
-            options[option] = value
-    return options
+    )
+    return {option: value for option, value in wanted if option is not None}
 
 
 KEEPALIVE_OPTIONS = _keepalive_options()
@@ -130,10 +139,38 @@ def connect_node(
     return _server(url, connect_timeout, socket_timeout, settings, single_connection_client=True)
 
 
+class _ClusterCalls(Protocol):
+    """The ``RedisCluster`` methods used here, with the types of what they
+    return: redis-py leaves them unannotated (untyped calls to mypy)."""
+
+    def get_nodes(self) -> list[ClusterNode]: ...
+    def get_node(self, host: str | None = None, port: int | None = None) -> ClusterNode | None: ...
+    # Never None for a primary (replica=False): an uncovered slot raises SlotNotCoveredError.
+    def get_node_from_key(self, key: str) -> ClusterNode: ...
+    def disconnect_connection_pools(self) -> None: ...
+
+
+def cluster_calls(client: RedisCluster) -> _ClusterCalls:
+    """``client`` as its typed calls (the very object: no wrapper at run time)."""
+    return cast("_ClusterCalls", client)
+
+
+class _Commands(Protocol):
+    """What has redis-py's ``execute_command`` (a client, a cluster client, a
+    pipeline, which queues the command and returns itself): unannotated there."""
+
+    def execute_command(self, *args: object, **options: object) -> object: ...
+
+
+def execute(target: redis.Redis | RedisCluster | Pipeline, *args: object, **options: object) -> object:
+    """``target.execute_command(*args, **options)``, typed."""
+    return cast("_Commands", target).execute_command(*args, **options)
+
+
 def known_nodes(client: Client) -> list[str]:
     """``host:port`` of every node a cluster client knows (the seed alone else)."""
     if isinstance(client, RedisCluster):
-        return [f"{n.host}:{n.port}" for n in client.get_nodes()]
+        return [f"{n.host}:{n.port}" for n in cluster_calls(client).get_nodes()]
     return []
 
 
@@ -141,16 +178,18 @@ def on_node(client: Client, node: str | None, *args: object) -> object:
     """A command on the cluster node ``node``; any command on one server."""
     if isinstance(client, RedisCluster) and node is not None:
         host, _, port = node.rpartition(":")
-        target = client.get_node(host=host, port=int(port))
+        target = cluster_calls(client).get_node(host=host, port=int(port))
         if target is None:
             raise redis.ConnectionError(f"no cluster node {node}")
-        return client.execute_command(*args, target_nodes=target)
-    return client.execute_command(*args)
+        return execute(client, *args, target_nodes=target)
+    return execute(client, *args)
 
 
-def pipeline(
-    client: Client, calls: list[tuple[str, tuple]], connection: Any = None
-) -> tuple[list[object], list[redis.Redis]]:
+# One pipelined call: ``(routing key, command)``.
+Call = tuple[str, tuple[object, ...]]
+
+
+def pipeline(client: Client, calls: list[Call], connection: Any = None) -> tuple[list[object], list[redis.Redis]]:
     """Sends ``calls`` (``(routing key, command)``) in one pipeline per server
     (on one server, on ``connection`` when given, a connection checked out of
     ``client``'s pool); the replies (an error in place of its reply) and the
@@ -165,36 +204,67 @@ def pipeline(
         pipe = client.pipeline(transaction=False)
         pipe.connection = connection  # released to the pool by execute()
         for _, command in calls:
-            pipe.execute_command(*command)
-        return pipe.execute(raise_on_error=False), [client]
+            execute(pipe, *command)
+        return _replies(pipe, len(calls)), [client]
+    cluster = cluster_calls(client)
     by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
     for index, (key, _) in enumerate(calls):
-        node = client.get_node_from_key(key)
+        node = cluster.get_node_from_key(key)
         by_node.setdefault(node.name, (node.redis_connection, []))[1].append(index)
     replies: list[object] = [None] * len(calls)
     for server, indexes in by_node.values():
         pipe = server.pipeline(transaction=False)
         for index in indexes:
-            pipe.execute_command(*calls[index][1])
-        for index, reply in zip(indexes, pipe.execute(raise_on_error=False)):
+            execute(pipe, *calls[index][1])
+        for index, reply in zip(indexes, _replies(pipe, len(indexes)), strict=True):
             replies[index] = reply
     servers = [server for server, _ in by_node.values()]
     for index, reply in enumerate(replies):
         if isinstance(reply, (redis.exceptions.AskError, redis.exceptions.TryAgainError)):
             key, command = calls[index]
             try:
-                replies[index] = client.execute_command(*command)
+                replies[index] = execute(client, *command)
             except redis.ResponseError as exc:
                 replies[index] = exc
-            servers.append(client.get_node_from_key(key).redis_connection)
+            servers.append(cluster.get_node_from_key(key).redis_connection)
     return replies, servers
+
+
+def xrevrange_top(client: Client, key: str) -> list[RawEntry]:
+    """The stream's last entry (none when it is empty or missing)."""
+    # redis-py types the reply for every protocol and decoding (str ids, None
+    # fields of a trimmed PEL entry); here it is RESP2 bytes (see RawEntry).
+    return cast("list[RawEntry]", client.xrevrange(key, "+", "-", count=1))
+
+
+def xrange(client: Client, key: str, start: str, count: int) -> list[RawEntry]:
+    """Up to ``count`` entries of the stream from ``start`` on."""
+    return cast("list[RawEntry]", client.xrange(key, min=start, count=count))  # as in xrevrange_top
+
+
+def xread(client: redis.Redis, streams: dict[KeyT, StreamIdT], count: int, block: int) -> RawXRead:
+    """``XREAD COUNT count BLOCK block`` of ``streams``: empty when the block ran out."""
+    # redis-py's type covers RESP3's dict replies too; RESP2 gives [key, entries] pairs.
+    return cast("RawXRead", client.xread(streams, count=count, block=block))
+
+
+def _replies(pipe: Pipeline, count: int) -> list[object]:
+    """The replies of ``pipe``'s ``count`` commands, an error in place of its reply."""
+    replies: list[object] = pipe.execute(raise_on_error=False)
+    if len(replies) != count:
+        # redis-py answers each command; were it not to, a call would be left
+        # with no reply (None: "no entries", or a crash further on) instead of
+        # its error, so the whole pipeline fails as a refused one.
+        raise redis.RedisError(f"a pipeline of {count} commands got {len(replies)} replies")
+    return replies
 
 
 def wait_replicas(servers: list[redis.Redis], replicas: int, timeout_ms: int) -> int:
     """``WAIT`` on each server written to (the connection that wrote: one
     thread, one pooled connection); the fewest replicas any acknowledged."""
     unique = {id(server): server for server in servers}.values()
-    return min(int(server.execute_command("WAIT", replicas, timeout_ms)) for server in unique)
+    # WAIT answers an integer; int() of anything else raises, as it did before.
+    return min(int(cast(int, execute(server, "WAIT", replicas, timeout_ms))) for server in unique)
 
 
 def slot_group(key: str) -> str:

@@ -22,8 +22,9 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -53,13 +54,15 @@ RETRYABLE = (*LINK_ERRORS, redis.exceptions.OutOfMemoryError)
 # What a queued chunk is (the Rust core's ``Kind``).
 CHUNK, TERMINAL, ERROR_TERMINAL = "chunk", "terminal", "error"
 
+T = TypeVar("T")
+
 
 def read_top(client: links.Client, key: str) -> tuple[int, bool]:
     """``(seq_id, complete)`` of the stream's last entry, ``(0, False)`` if none."""
-    return _top(client.xrevrange(key, "+", "-", count=1))
+    return _top(links.xrevrange_top(client, key))
 
 
-def _top(entries: list) -> tuple[int, bool]:
+def _top(entries: list[links.RawEntry]) -> tuple[int, bool]:
     if not entries:
         return 0, False
     fields = entries[0][1]
@@ -196,7 +199,7 @@ class WriterEngine:
 
     # -- the caller's side ---------------------------------------------------
 
-    def _control(self, command):  # type: ignore[no-untyped-def]
+    def _control(self, command: Callable[[links.Client], T]) -> T:
         """Run an (idempotent) command, retrying a broken link until the deadline."""
         deadline = time.monotonic() + self._retry_timeout
         delay = 0.01
@@ -315,7 +318,8 @@ class WriterEngine:
             if key is None:
                 runs = list(self._runs.values())
             else:
-                runs = [self._runs[key]] if key in self._runs else []
+                found = self._runs.get(key)
+                runs = [] if found is None else [found]
             for run in runs:
                 target = run.next_seq - 1
                 # A broken run's error terminal is still awaited: it may yet be stored.
@@ -548,7 +552,7 @@ class WriterEngine:
         groups = _groups(batches, self._cluster)
         connection = _checkout(client.connection_pool) if isinstance(client, redis.Redis) else None
         serial = getattr(connection, "serial", None)
-        calls: list[tuple[str, tuple]] = [(key, ("XREVRANGE", key, "+", "-", "COUNT", 1)) for key in opens]
+        calls: list[links.Call] = [(key, ("XREVRANGE", key, "+", "-", "COUNT", 1)) for key in opens]
         seen: set[str] = set()
         calls += [self._script_call(group, serial, seen) for group in groups]
         self._count("pipelines")
@@ -560,9 +564,7 @@ class WriterEngine:
             self._await_replicas(servers)
         return replies[: len(opens)] + _per_batch(groups, replies[len(opens) :])
 
-    def _script_call(
-        self, group: list[tuple[_Run, list[_Chunk]]], serial: int | None, seen: set[str]
-    ) -> tuple[str, tuple]:
+    def _script_call(self, group: list[tuple[_Run, list[_Chunk]]], serial: int | None, seen: set[str]) -> links.Call:
         """One EVALSHA of append.lua for a group of batches.
 
         Trusted: the run's last batch landed on this very connection. Only the
@@ -599,7 +601,9 @@ class WriterEngine:
 
     def _apply(self, batches: list[tuple[_Run, list[_Chunk]]], outcomes: list[object]) -> None:
         """Record what each batch did; caller holds the lock."""
-        for (run, chunks), outcome in zip(batches, outcomes):
+        # One outcome per batch, whichever way _send got them (a short list
+        # would leave batches in flight for good: flush would never return).
+        for (run, chunks), outcome in zip(batches, outcomes, strict=True):
             self._pending -= len(chunks)
             self._stats["batches"] += 1
             run.in_flight -= len(chunks)
@@ -633,13 +637,14 @@ class WriterEngine:
     def _apply_opens(self, keys: list[str], tops: list[object]) -> None:
         """Record each opened run's top: a run of its own, or the open's error
         for whoever waits for it.  Caller holds the lock."""
-        for key, reply in zip(keys, tops):
+        for key, reply in zip(keys, tops, strict=True):  # one reply per open (see _send_all)
             if isinstance(reply, BaseException):
                 if not isinstance(reply, SSERedisError):
                     reply = SSERedisError(f"Redis refused a read: {reply}")
                 self._fail_opens([key], reply)
                 continue
-            top, complete = _top(reply)  # type: ignore[arg-type]
+            # Not an error, so the XREVRANGE's entries (links.pipeline's replies are untyped).
+            top, complete = _top(cast("list[links.RawEntry]", reply))
             if complete:
                 self._fail_opens([key], RunClosedError(f"run stream {key!r} is already complete"))
                 continue
@@ -698,11 +703,22 @@ def _groups(batches: list[tuple[_Run, list[_Chunk]]], cluster: bool) -> list[lis
 
 def _per_batch(groups: list[list[tuple[_Run, list[_Chunk]]]], calls: list[object]) -> list[object]:
     """A call's reply holds one reply per batch; a whole call failing (e.g.
-    NOSCRIPT) fails each of them."""
+    NOSCRIPT) fails each of them, and so does a reply that is not one list
+    item per batch (as in the Rust twin): a shorter list would shift every
+    later batch's outcome onto the wrong batch."""
     outcomes: list[object] = []
-    for group, reply in zip(groups, calls):
-        outcomes += [reply] * len(group) if isinstance(reply, BaseException) else list(reply)  # type: ignore[call-overload]
+    for group, reply in zip(groups, calls, strict=True):  # one reply per call (links.pipeline)
+        if isinstance(reply, list) and len(reply) == len(group):
+            outcomes += reply
+        elif isinstance(reply, BaseException):
+            outcomes += [reply] * len(group)
+        else:
+            outcomes += [_unexpected(reply)] * len(group)
     return outcomes
+
+
+def _unexpected(reply: object) -> SSERedisError:
+    return SSERedisError(f"unexpected script reply {reply!r}")
 
 
 def _is_noscript(reply: object) -> bool:
@@ -715,7 +731,9 @@ def _batch_error(key: str, chunks: list[_Chunk], outcome: object, after: int | N
         if isinstance(outcome, SSERedisError):
             return outcome
         return SSERedisError(f"Redis refused a batch for {key!r}: {outcome}")
-    status, top = outcome[0], int(outcome[1])  # type: ignore[index]
+    if not (isinstance(outcome, list) and len(outcome) == 2 and isinstance(outcome[1], int)):
+        return _unexpected(outcome)  # append.lua answers {status, top} per batch
+    status, top = outcome[0], int(outcome[1])
     if status in (b"ok", b"dup"):
         return None
     if status == b"closed":

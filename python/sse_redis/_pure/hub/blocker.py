@@ -18,6 +18,8 @@ from ..links import LINK_ERRORS
 from .subscription import Group, parse_id, to_entry
 
 if TYPE_CHECKING:
+    from redis.typing import KeyT, StreamIdT
+
     from . import Shared
 
 MIGRATING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)
@@ -66,11 +68,11 @@ class _Blocker:
         # blocker's id was still unknown (so that no one could unblock it) is in
         # this XREAD.
         with shared.lock:
-            streams = {key: "{}-{}".format(*last) for key, last in group.keys.items()}
+            streams: dict[KeyT, StreamIdT] = {key: "{}-{}".format(*last) for key, last in group.keys.items()}
             group.blocking_version = group.version
         if not streams:
             return
-        reply = self.client.xread(streams, count=XREAD_COUNT, block=block_time(shared))
+        reply = links.xread(self.client, streams, XREAD_COUNT, block_time(shared))
         shared.count("xreads")
         if reply:
             fan_out(shared, group, reply)
@@ -172,7 +174,7 @@ def learn_unblock(shared: Shared, client: redis.Redis) -> int:
     return client_id
 
 
-def fan_out(shared: Shared, group: Group, reply: list) -> None:
+def fan_out(shared: Shared, group: Group, reply: links.RawXRead) -> None:
     """Hand the entries of an XREAD reply to the live subscriptions of each
     key; a slow one (queue full) goes back to the fetcher."""
     with shared.lock:

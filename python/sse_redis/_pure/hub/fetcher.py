@@ -26,7 +26,7 @@ def drop_connections(client: links.Client) -> None:
     if isinstance(client, redis.Redis):
         client.connection_pool.disconnect()
     else:
-        client.disconnect_connection_pools()
+        links.cluster_calls(client).disconnect_connection_pools()
 
 
 def run(shared: Shared) -> None:
@@ -93,11 +93,11 @@ def catch_up(shared: Shared, sub: Sub) -> None:
         start = "({}-{}".format(*sub.last)
         first = not sub.fetched_once
     count = min(shared.batch_size, room)
-    raw = shared.query.xrange(sub.key, min=start, count=count) if count > 0 else []
+    raw = links.xrange(shared.query, sub.key, start, count) if count > 0 else []
     shared.count("fetches")
     top = None
     if first and not raw:
-        newest = shared.query.xrevrange(sub.key, "+", "-", count=1)
+        newest = links.xrevrange_top(shared.query, sub.key)
         top = to_entry(*newest[0]) if newest else None
     with shared.lock:
         sub.fetching = False
