@@ -13,7 +13,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _backend, _fork
 from . import keys as _keys
@@ -21,6 +21,12 @@ from ._options import NO_LIMIT, ReaderOptions, seconds
 from ._states import SubState
 from .connection import redact, resolve_target
 from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from 3.11 on; a type-checking import only
+
+    # (id, seq, data, complete, broken): what both hubs queue.
+    from ._core import Entry
 
 PING = ": ping\n\n"
 MAX_CURSOR = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
@@ -72,7 +78,7 @@ class _Follow:
         self.last_sent = now
         self.finished = False
 
-    def chunks(self, entries: list[tuple[str, int, str, bool]], state: SubState) -> list[str]:
+    def chunks(self, entries: list[Entry], state: SubState) -> list[str]:
         """SSE chunks for newly queued entries; raises when the read must end badly."""
         out = []
         now = time.monotonic()
@@ -251,7 +257,7 @@ class StreamReader:
         if hub is not None:
             hub.close()
 
-    def __enter__(self) -> StreamReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

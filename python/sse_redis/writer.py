@@ -13,13 +13,19 @@ import json
 import logging
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _backend, _fork
 from . import keys as _keys
 from ._options import WriterOptions, seconds, wait_seconds
 from .connection import redact, resolve_target
 from .errors import RunClosedError, SSERedisError, WriteTimeout
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from 3.11 on; a type-checking import only
+
+    # The stub documents both twins: _pure.WriterEngine has the same signatures.
+    from ._core import WriterEngine
 
 log = logging.getLogger("sse_redis")
 
@@ -37,7 +43,9 @@ def failure_chunk(run_id: str, exc: BaseException | None, public_message: str | 
 def error_chunk(message: str) -> str:
     """The terminal error event a browser sees: ``event: error`` plus JSON."""
     codec = _backend.module()
-    return codec.encode_event(json.dumps({"error": message, "code": "INTERNAL_SERVER_ERROR"}), event="error")
+    # The backend is a module picked at run time (untyped); both encode_event return str.
+    chunk: str = codec.encode_event(json.dumps({"error": message, "code": "INTERNAL_SERVER_ERROR"}), event="error")
+    return chunk
 
 
 class StreamWriter:
@@ -105,11 +113,12 @@ class StreamWriter:
         return f"{type(self).__name__}({redact(self._url)!r}, backend={self.backend!r})"
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> WriterEngine:
         """This process's engine; a forked child builds its own on first use."""
         if self._closed:
             raise SSERedisError("this StreamWriter is closed")
-        return self._engine.get()
+        engine: WriterEngine = self._engine.get()  # PerProcess holds what its builder made (untyped)
+        return engine
 
     def prepare(self, run_id: str, chunk: str, terminal: bool | None = None) -> tuple[str, bool]:
         """The run's key and whether ``chunk`` ends it; validates both."""
@@ -198,7 +207,7 @@ class StreamWriter:
         if engine is not None:
             engine.close(timeout)
 
-    def __enter__(self) -> StreamWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -279,7 +288,7 @@ class AsyncStreamWriter:
     async def close(self, timeout: float | None = None) -> None:
         await asyncio.to_thread(self.sync.close, timeout)
 
-    async def __aenter__(self) -> AsyncStreamWriter:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
