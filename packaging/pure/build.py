@@ -49,7 +49,7 @@ def with_static_version(pyproject_text: str) -> str:
     """The main pyproject with its dynamic version (maturin reads Cargo.toml's)
     written in, since hatchling knows no Cargo.toml."""
     version = tomllib.loads((ROOT / "Cargo.toml").read_text(encoding="utf-8"))["package"]["version"]
-    return re.sub(r'^dynamic = \["version"\].*$', f'version = "{version}"', pyproject_text, count=1, flags=re.M)
+    return re.sub(r'^dynamic = \["version"\].*$', f'version = "{version}"', pyproject_text, count=1, flags=re.MULTILINE)
 
 
 def build_wheel(out_dir: Path) -> Path:
