@@ -333,6 +333,24 @@ def _tcp_sockets_to(port: int, besides: set[int] = frozenset()) -> list[socket.s
     return found
 
 
+def assert_keepalive(sockets: list[socket.socket]) -> None:
+    """The engines' links (a writer's query and sender, a hub's query and
+    blocker: three at least) carry keepalive with the library's timers."""
+    assert len(sockets) >= 3, len(sockets)
+    for sock in sockets:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 2
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+
+
+def close_and_finish(sockets: list[socket.socket], writer: Any, run: str, follow: Any) -> None:
+    for sock in sockets:
+        sock.close()
+    writer.complete(run)
+    list(follow)
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="Linux keepalive timers")
 def test_every_link_has_keepalive_with_short_timers(backend: str, dedicated_server, make_writer, open_reader) -> None:
     server = dedicated_server()
@@ -347,17 +365,9 @@ def test_every_link_has_keepalive_with_short_timers(backend: str, dedicated_serv
     sockets = _tcp_sockets_to(server.port)
     try:
         # The writer's links (query and sender), the hub's (query and blocker).
-        assert len(sockets) >= 3, len(sockets)
-        for sock in sockets:
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 2
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+        assert_keepalive(sockets)
     finally:
-        for sock in sockets:
-            sock.close()
-        writer.complete(run)
-        list(follow)
+        close_and_finish(sockets, writer, run, follow)
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="Linux keepalive timers")
@@ -372,13 +382,6 @@ def test_cluster_links_have_keepalive(backend: str, valkey_cluster, make_writer,
     assert next(follow).startswith("data: a")
     sockets = [sock for port in ports for sock in _tcp_sockets_to(port, before)]
     try:
-        assert len(sockets) >= 3, len(sockets)
-        for sock in sockets:
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+        assert_keepalive(sockets)
     finally:
-        for sock in sockets:
-            sock.close()
-        writer.complete(run)
-        list(follow)
+        close_and_finish(sockets, writer, run, follow)
