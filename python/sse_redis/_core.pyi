@@ -3,6 +3,10 @@
 Both modules expose exactly these names with the same signatures and results.
 Every function takes and returns ``str``; a ``str`` that cannot be encoded as
 UTF-8 (a lone surrogate) raises ``UnicodeEncodeError`` in both backends.
+
+The Rust classes are built by PyO3's ``#[new]``, i.e. ``__new__`` (their
+``__init__`` is ``object``'s): the constructors are declared as ``__new__``,
+which ``stubtest sse_redis._core`` (scripts/gates) checks against the build.
 """
 
 from typing import Final, TypeAlias, final
@@ -35,7 +39,8 @@ class Event:
     the previous dispatch, or ``None``.
     """
 
-    def __init__(self, data: str, event: str = "message", id: str = "", retry: int | None = None) -> None: ...
+    # event="message", id="": PyO3's text signature renders these defaults as "...".
+    def __new__(cls, data: str, event: str = ..., id: str = ..., retry: int | None = None) -> Event: ...
     @property
     def event(self) -> str: ...
     @property
@@ -44,7 +49,7 @@ class Event:
     def id(self) -> str: ...
     @property
     def retry(self) -> int | None: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
 
 @final
 class SSEParser:
@@ -56,7 +61,7 @@ class SSEParser:
     returned.  ``retry`` values of 2**64 or more are ignored.
     """
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> SSEParser: ...
     def feed(self, text: str) -> list[Event]: ...
     @property
     def last_event_id(self) -> str: ...
@@ -90,7 +95,7 @@ def set_event_id(chunk: str, event_id: str) -> str:
 
 # -- engines: I/O on background threads, GIL released while waiting ------------
 
-Entry: TypeAlias = tuple[str, int, str, bool, bool]
+_Entry: TypeAlias = tuple[str, int, str, bool, bool]  # stub-only: private, so stubtest does not look for it
 """``(stream entry id, seq_id, data, complete, broken)``; broken: the error
 terminal of a run its writer broke off, after seqs that may be missing."""
 
@@ -99,13 +104,13 @@ class WriterEngine:
     """Per-run queues, group-committed pipelines of fenced script calls, retries.
     Keys are stream keys (the faces map run ids to keys)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         url: str,
         *,
         flush_size: int = 50,
-        ttl: int | None = 10800,
-        max_len: int | None = 10000,
+        ttl: int | None = ...,  # 10800 (PyO3 renders an Option default as "...")
+        max_len: int | None = ...,  # 10000
         max_pending: int = 10000,
         retry_timeout: float = 30.0,
         connect_timeout: float = 5.0,
@@ -113,7 +118,7 @@ class WriterEngine:
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
         cluster: bool = False,
-    ) -> None: ...
+    ) -> WriterEngine: ...
     def write(self, key: str, data: str, complete: bool, timeout: float | None = None) -> int:
         """Queue one chunk; its seq id. Waits for the run to open and for room,
         up to ``timeout`` in all (``WriteTimeout``). A broken run raises its error."""
@@ -140,8 +145,8 @@ class ReaderHub:
     reports the subscription's state, a ``SubState`` (``pending``, ``ok``,
     ``missing``, ``done``, ``gone``, ``down``; see ``docs/glossary.md``)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         url: str,
         *,
         queue_size: int = 256,
@@ -152,11 +157,11 @@ class ReaderHub:
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
         cluster: bool = False,
-    ) -> None: ...
+    ) -> ReaderHub: ...
     def subscribe(self, key: str, after_seq: int, waker: int | None = None) -> int: ...
     def unsubscribe(self, sid: int) -> None: ...
-    def poll(self, sid: int) -> tuple[list[Entry], SubState]: ...
-    def wait(self, sid: int, timeout: float | None = None) -> tuple[list[Entry], SubState]: ...
+    def poll(self, sid: int) -> tuple[list[_Entry], SubState]: ...
+    def wait(self, sid: int, timeout: float | None = None) -> tuple[list[_Entry], SubState]: ...
     def add_waker(self, fd: int) -> int:
         """Register the write end of an event loop's socket pair; the hub writes a byte to it."""
     def remove_waker(self, wid: int) -> None: ...

@@ -25,8 +25,9 @@ from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStall
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from 3.11 on; a type-checking import only
 
-    # (id, seq, data, complete, broken): what both hubs queue.
-    from ._core import Entry
+    # (id, seq, data, complete, broken): what both hubs queue; stub-only, hence private.
+    from ._core import ReaderHub
+    from ._core import _Entry as Entry
 
 PING = ": ping\n\n"
 MAX_CURSOR = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
