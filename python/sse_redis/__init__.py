@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
 from ._backend import BACKEND
 from ._backend import module as _module
@@ -31,15 +32,28 @@ from .writer import AsyncStreamWriter, StreamWriter
 # A library logs, it does not print: the application decides where logs go.
 logging.getLogger("sse_redis").addHandler(logging.NullHandler())
 
-_live = _module()
+if TYPE_CHECKING:
+    # The codec is the live backend's, picked at import; _core.pyi declares
+    # both twins (the pure one has the same names, signatures and results).
+    from ._core import (
+        Event,
+        SSEParser,
+        encode_event,
+        is_terminal,
+        patch_nulls,
+        set_event_id,
+        sniff_stop_reason,
+    )
+else:
+    _live = _module()
 
-Event = _live.Event
-SSEParser = _live.SSEParser
-encode_event = _live.encode_event
-patch_nulls = _live.patch_nulls
-is_terminal = _live.is_terminal
-sniff_stop_reason = _live.sniff_stop_reason
-set_event_id = _live.set_event_id
+    Event = _live.Event
+    SSEParser = _live.SSEParser
+    encode_event = _live.encode_event
+    patch_nulls = _live.patch_nulls
+    is_terminal = _live.is_terminal
+    sniff_stop_reason = _live.sniff_stop_reason
+    set_event_id = _live.set_event_id
 
 __all__ = [
     "BACKEND",
@@ -68,6 +82,6 @@ __all__ = [
     "sniff_stop_reason",
 ]
 try:  # one version, Cargo.toml's, as the installed distribution reports it
-    __version__ = _metadata.version("sse-redis")
+    __version__: str = _metadata.version("sse-redis")
 except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"

@@ -11,13 +11,36 @@ the option.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_Face = TypeVar("_Face")
 
 # What "no limit" becomes for an engine: about 31 years, which every deadline
 # can still be added to (a Rust Instant cannot hold infinity).
 NO_LIMIT = 1e9
+
+
+def same_parameters(
+    source: Callable[Concatenate[Any, _P], None],
+) -> Callable[[Callable[Concatenate[_Face, ...], None]], Callable[Concatenate[_Face, _P], None]]:
+    """Give a face's ``__init__`` the parameters of ``source`` (the sync face's
+    ``__init__``), for type checkers (a ``ParamSpec``: names, types, defaults)
+    and for ``inspect.signature``/``help()`` alike, so the async faces take
+    exactly the sync faces' keyword arguments without a second list to drift.
+    The decorated ``__init__`` forwards ``*args, **options`` to the sync face,
+    which checks them."""
+    signature = inspect.signature(source)
+
+    def decorate(init: Callable[Concatenate[_Face, ...], None]) -> Callable[Concatenate[_Face, _P], None]:
+        init.__signature__ = signature  # type: ignore[attr-defined]  # what inspect.signature reads
+        return init
+
+    return decorate
 
 
 def seconds(name: str, value: Any, *, zero: bool = True, unlimited: bool = False) -> float:

@@ -13,11 +13,11 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _backend, _fork
 from . import keys as _keys
-from ._options import NO_LIMIT, ReaderOptions, seconds
+from ._options import NO_LIMIT, ReaderOptions, same_parameters, seconds
 from ._states import SubState
 from .connection import redact, resolve_target
 from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from ._core import ReaderHub
     from ._core import _Entry as Entry
 
-PING = ": ping\n\n"
-MAX_CURSOR = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
+PING: Final = ": ping\n\n"
+MAX_CURSOR: Final = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
 
 
 def cursor_of(starting_after: int | None, last_event_id: str | None) -> int:
@@ -171,7 +171,7 @@ class StreamReader:
         cluster: bool | None = None,
         backend: str | None = None,
     ) -> None:
-        self.options = ReaderOptions.checked(
+        self.options: ReaderOptions = ReaderOptions.checked(
             batch_size=batch_size,
             queue_size=queue_size,
             idle_timeout=idle_timeout,
@@ -180,14 +180,15 @@ class StreamReader:
             check_interval=check_interval,
             retry_timeout=retry_timeout,
         )
-        self._url, self.cluster = resolve_target(redis, cluster, backend)
+        self._url, cluster = resolve_target(redis, cluster, backend)
+        self.cluster: bool = cluster
         self._key = _keys.resolve(keys, cluster=self.cluster)
         self._module = _backend.module(backend)
-        self.backend = backend or _backend.BACKEND
-        self.idle_timeout = self.options.idle_timeout
-        self.missing_timeout = self.options.missing_timeout
-        self.ping_interval = self.options.ping_interval
-        self.retry_timeout = self.options.retry_timeout
+        self.backend: str = backend or _backend.BACKEND
+        self.idle_timeout: float = self.options.idle_timeout
+        self.missing_timeout: float = self.options.missing_timeout
+        self.ping_interval: float | None = self.options.ping_interval
+        self.retry_timeout: float = self.options.retry_timeout
         self._hub_options = self.options.hub(self.cluster)
         self._hub = _fork.PerProcess(lambda: self._module.ReaderHub(self._url, **self._hub_options))
         self._closed = False
@@ -196,11 +197,12 @@ class StreamReader:
         return f"{type(self).__name__}({redact(self._url)!r}, backend={self.backend!r})"
 
     @property
-    def hub(self) -> Any:
+    def hub(self) -> ReaderHub:
         """This process's hub; a forked child builds its own on first use."""
         if self._closed:
             raise SSERedisError(f"this {type(self).__name__} is closed")
-        return self._hub.get()
+        hub: ReaderHub = self._hub.get()  # PerProcess holds what its builder made (untyped)
+        return hub
 
     def read(
         self,
@@ -269,7 +271,7 @@ class _LoopWaker:
     """Wakes one event loop from the hub's threads: the hub writes a byte to a
     socket pair the loop watches, so no GIL switch interval is waited on."""
 
-    def __init__(self, hub: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, hub: ReaderHub, loop: asyncio.AbstractEventLoop) -> None:
         self.hub = hub
         self.loop = loop
         self._recv, self._send = socket.socketpair()
@@ -322,8 +324,10 @@ class AsyncStreamReader:
     ``async for`` (a client disconnect) unsubscribes at once.
     """
 
-    def __init__(self, redis: Any = "redis://127.0.0.1:6379/0", **options: Any) -> None:
-        self.sync = StreamReader(redis, **options)
+    @same_parameters(StreamReader.__init__)
+    def __init__(self, *args: Any, **options: Any) -> None:
+        # StreamReader's parameters exactly (see same_parameters); it checks them.
+        self.sync: StreamReader = StreamReader(*args, **options)
         self._wakers: dict[asyncio.AbstractEventLoop, _LoopWaker] = {}
 
     def __repr__(self) -> str:
@@ -379,7 +383,8 @@ class AsyncStreamReader:
             hub.unsubscribe(sid)
 
     def close(self) -> None:
-        """Stop the hub; reads still running end with ``SSERedisError``."""
+        """Stop the hub and the event loops' wakers; reads still running end
+        with ``SSERedisError``.  Callable from any thread, in or out of a loop."""
         self.sync.close()
         for waker in list(self._wakers.values()):
             if waker.loop.is_closed():
@@ -393,6 +398,17 @@ class AsyncStreamReader:
             else:
                 waker.loop.call_soon_threadsafe(waker.close)
         self._wakers.clear()
+
+    async def aclose(self) -> None:
+        """``close``, redis.asyncio's way: ``await reader.aclose()``, or
+        ``async with AsyncStreamReader(...) as reader:``.  Idempotent."""
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class _Deadline:

@@ -13,11 +13,11 @@ import json
 import logging
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _backend, _fork
 from . import keys as _keys
-from ._options import WriterOptions, seconds, wait_seconds
+from ._options import WriterOptions, same_parameters, seconds, wait_seconds
 from .connection import redact, resolve_target
 from .errors import RunClosedError, SSERedisError, WriteTimeout
 
@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     # The stub documents both twins: _pure.WriterEngine has the same signatures.
     from ._core import WriterEngine
 
-log = logging.getLogger("sse_redis")
+log: logging.Logger = logging.getLogger("sse_redis")
 
-DONE_CHUNK = "data: [DONE]\n\n"
-DEFAULT_PUBLIC_ERROR = "An internal error occurred while streaming this run."
+DONE_CHUNK: Final = "data: [DONE]\n\n"
+DEFAULT_PUBLIC_ERROR: Final = "An internal error occurred while streaming this run."
 
 
 def failure_chunk(run_id: str, exc: BaseException | None, public_message: str | None) -> str:
@@ -85,7 +85,7 @@ class StreamWriter:
         max_chunk_bytes: int | None = 16 * 1024 * 1024,
         backend: str | None = None,
     ) -> None:
-        self.options = WriterOptions.checked(
+        self.options: WriterOptions = WriterOptions.checked(
             flush_interval=flush_interval,
             flush_size=flush_size,
             ttl=ttl,
@@ -98,11 +98,12 @@ class StreamWriter:
             wait_timeout=wait_timeout,
             max_chunk_bytes=max_chunk_bytes,
         )
-        self._url, self.cluster = resolve_target(redis, cluster, backend)
+        self._url, cluster = resolve_target(redis, cluster, backend)
+        self.cluster: bool = cluster
         self._key = _keys.resolve(keys, cluster=self.cluster)
         self._module = _backend.module(backend)
-        self.backend = backend or _backend.BACKEND
-        self.flush_interval = self.options.flush_interval
+        self.backend: str = backend or _backend.BACKEND
+        self.flush_interval: float = self.options.flush_interval
         self._write_timeout = self.options.write_timeout
         self._options = self.options.engine(self.cluster)
         self._engine = _fork.PerProcess(lambda: self._module.WriterEngine(self._url, **self._options))
@@ -223,8 +224,10 @@ class AsyncStreamWriter:
     itself: a cancelled ``write`` queued nothing, one that returned a seq did.
     """
 
-    def __init__(self, redis: Any = "redis://127.0.0.1:6379/0", **options: Any) -> None:
-        self.sync = StreamWriter(redis, **options)
+    @same_parameters(StreamWriter.__init__)
+    def __init__(self, *args: Any, **options: Any) -> None:
+        # StreamWriter's parameters exactly (see same_parameters); it checks them.
+        self.sync: StreamWriter = StreamWriter(*args, **options)
 
     def __repr__(self) -> str:
         return f"Async{self.sync!r}"
@@ -285,14 +288,19 @@ class AsyncStreamWriter:
     def stats(self) -> dict[str, int]:
         return self.sync.stats()
 
-    async def close(self, timeout: float | None = None) -> None:
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Flush and stop the engine (in a worker thread); idempotent."""
         await asyncio.to_thread(self.sync.close, timeout)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """``aclose`` (its name before redis.asyncio's ``aclose`` convention)."""
+        await self.aclose(timeout)
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
 
 # Writers still open at interpreter exit are flushed, so no queued chunk is lost.
