@@ -335,6 +335,7 @@ class AsyncStreamReader:
 
     @property
     def backend(self) -> str:
+        """``"rust"`` or ``"python"``: the engine behind this reader."""
         return self.sync.backend
 
     def _waker(self) -> _LoopWaker:

@@ -234,6 +234,7 @@ class AsyncStreamWriter:
 
     @property
     def backend(self) -> str:
+        """``"rust"`` or ``"python"``: the engine behind this writer."""
         return self.sync.backend
 
     async def write(self, run_id: str, chunk: str, *, terminal: bool | None = None) -> int:
@@ -259,11 +260,13 @@ class AsyncStreamWriter:
             await asyncio.to_thread(engine.wait_writable, key, left)
 
     async def complete(self, run_id: str) -> int | None:
+        """``StreamWriter.complete``."""
         return await self._finish(run_id, DONE_CHUNK, error=False)
 
     async def fail(
         self, run_id: str, exc: BaseException | None = None, public_message: str | None = None
     ) -> int | None:
+        """``StreamWriter.fail``."""
         return await self._finish(run_id, failure_chunk(run_id, exc, public_message), error=True)
 
     async def _finish(self, run_id: str, chunk: str, *, error: bool) -> int | None:
@@ -277,15 +280,19 @@ class AsyncStreamWriter:
         return None if seq is not None and engine.superseded(key, seq) else seq
 
     async def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
+        """``StreamWriter.flush``, waiting in a worker thread."""
         await asyncio.to_thread(self.sync.flush, timeout, run_id=run_id)
 
     async def last_seq(self, run_id: str) -> int:
+        """``StreamWriter.last_seq``."""
         return await asyncio.to_thread(self.sync.last_seq, run_id)
 
     async def delete(self, run_id: str) -> None:
+        """``StreamWriter.delete``."""
         await asyncio.to_thread(self.sync.delete, run_id)
 
     def stats(self) -> dict[str, int]:
+        """``StreamWriter.stats`` (no I/O, hence not a coroutine)."""
         return self.sync.stats()
 
     async def aclose(self, timeout: float | None = None) -> None:
