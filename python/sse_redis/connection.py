@@ -133,7 +133,8 @@ class Target(str):
     def __ne__(self, other: object) -> bool:
         return not self == other
 
-    __hash__ = str.__hash__
+    def __hash__(self) -> int:
+        return str.__hash__(self)
 
 
 _ANY = object()  # resolve without checking a backend (the face checks later)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .writer import AsyncStreamWriter, StreamWriter
 
-log = logging.getLogger("sse_redis")
+log: logging.Logger = logging.getLogger("sse_redis")
 
 # on_finish(run_id, status, stop_reason, error); on_failure takes the same.
 OnFinish = Callable[[str, str, str | None, BaseException | None], Any]

@@ -53,8 +53,9 @@ class Progress:
     """A one-line progress bar on stderr (plain lines when it is not a terminal)."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.done = total, 0
-        self.tty = sys.stderr.isatty()
+        self.total: int = total
+        self.done: int = 0
+        self.tty: bool = sys.stderr.isatty()
 
     def step(self, label: str) -> None:
         self.done += 1

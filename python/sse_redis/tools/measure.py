@@ -70,8 +70,8 @@ class ServerProbe:
     """A connection of its own to the server under test, to read what it saw."""
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.own_id = self.client.client_id()
+        self.client: redis.Redis = redis.Redis.from_url(url)
+        self.own_id: int = self.client.client_id()
 
     def command_calls(self) -> int:
         """Commands executed so far (``INFO commandstats``), our probe's own excluded.
@@ -164,7 +164,7 @@ class ArrivalWatcher:
 
     def __init__(self, url: str, key: str, after_id: str = "$") -> None:
         self.key = key
-        self.client = redis.Redis.from_url(url, socket_timeout=None)
+        self.client: redis.Redis = redis.Redis.from_url(url, socket_timeout=None)
         self.arrived: dict[int, int] = {}
         self._cond = threading.Condition()
         self._last = after_id

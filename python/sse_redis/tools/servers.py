@@ -79,10 +79,10 @@ class RedisProcess:
     ):
         """``tls``: ``(cert_file, key_file, ca_file)`` to serve TLS only, on ``port``."""
         self.binary = binary
-        self.port = port or free_port()
-        self.extra_args = tuple(extra_args)
+        self.port: int = port or free_port()
+        self.extra_args: tuple[str, ...] = tuple(extra_args)
         self.tls = tls
-        self.dir = tempfile.mkdtemp(prefix="sse-redis-server-")
+        self.dir: str = tempfile.mkdtemp(prefix="sse-redis-server-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
