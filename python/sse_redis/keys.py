@@ -74,6 +74,47 @@ class ClusterKeyLayout(KeyLayout):
         return f"{type(self).__name__}(prefix={self.prefix!r}, buckets={self.buckets})"
 
 
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` a Redis Cluster hashes when it has a hash tag
+    (Redis's rule: between the first ``{`` and the next ``}``, at least one
+    character), else ``None``."""
+    open_ = key.find("{")
+    if open_ < 0:
+        return None
+    close = key.find("}", open_ + 1)
+    if close <= open_ + 1:
+        return None
+    return key[open_ + 1 : close]
+
+
+def derived_key(key: str, suffix: str) -> str:
+    """A name derived from a run's stream key, in the stream key's slot and
+    clear of every other run's keys: ``<key>:<suffix>`` when the key has a
+    hash tag, else ``{<key>}:<suffix>`` (run ids never contain braces, so no
+    run's stream key looks like that).  ``append.lua`` applies the same rule
+    (``channel_of``); every layout goes through here, callable ones included.
+
+    The slot is shared as long as the key has no ``}`` outside a hash tag,
+    which holds for every key of ``KeyLayout`` and ``ClusterKeyLayout``.
+    """
+    if hash_tag(key) is not None:
+        return f"{key}:{suffix}"
+    return f"{{{key}}}:{suffix}"
+
+
+def notice_channel(key: str) -> str:
+    """The channel on which the writers publish a notice (the new top seq id,
+    decimal) per stored batch of the run whose stream key is ``key``:
+    ``PUBLISH`` on one server, ``SPUBLISH`` on a cluster (its shard is the
+    key's)."""
+    return derived_key(key, "notices")
+
+
+def status_key(key: str) -> str:
+    """The key of the run's status beside its stream key ``key`` (issue 13)."""
+    return derived_key(key, "status")
+
+
 KeyFunction = Callable[[str], str]
 Layout = KeyLayout | KeyFunction
 
