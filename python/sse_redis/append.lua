@@ -2,6 +2,7 @@
 -- (both engines send this script, one call carrying many runs' batches).
 -- KEYS     one stream key per batch, in order (a run may have several)
 -- ARGV     writer id, MAXLEN ('' = no trimming), TTL seconds ('' = none),
+--          notice ('p': PUBLISH, 's': SPUBLISH on a cluster, '' = none),
 --          then per batch: first seq, chunk count, mode, and per chunk: data,
 --          timestamp ms, complete ('1' or '')
 --          Mode '': checked (the stream's top must be the seq before it).
@@ -26,7 +27,23 @@
 --          'closed'    the run already has its terminal entry
 --          'stale'     someone else moved the stream on, or it vanished
 --          'wrongtype' the key holds something that is not a stream
-local writer, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
+-- Notice   after each batch stored ('ok'), the new top seq id as a decimal
+--          string on the run's notice channel: the stream key with ':notices'
+--          appended when it has a hash tag, else '{<key>}:notices', so it lives
+--          in the key's slot (the rule of sse_redis.keys.notice_channel). A
+--          hint only: a refusal (a user with no channel rights) is ignored.
+local writer, maxlen, ttl, notice = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local publish = (notice == 's' and 'SPUBLISH') or (notice == 'p' and 'PUBLISH') or nil
+
+-- The run's notice channel (keys.py's notice_channel: keep the two alike).
+local function channel_of(key)
+  local open = string.find(key, '{', 1, true)
+  if open then
+    local close = string.find(key, '}', open + 1, true)
+    if close and close > open + 1 then return key .. ':notices' end
+  end
+  return '{' .. key .. '}:notices'
+end
 
 local function append(key, id, seq, data, ts, complete)
   if maxlen == '' then
@@ -54,6 +71,28 @@ local function append_first(key, seq, data, ts)
   end
   return redis.pcall('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', maxlen == '' and '9223372036854775807' or maxlen,
                      id, 'seq_id', seq, 'data', data, 'timestamp', ts, 'writer', writer)
+end
+
+-- The common case, lean (a token stream at human pace sends one chunk per
+-- call, so this is what the server pays per token): one trusted batch (mode
+-- '1') whose first chunk is not a terminal is stored here without the
+-- general path's set-up. The same steps as the general path's fast path
+-- below; when the first XADD is refused, the general path takes over (and
+-- reads the top) without trying it again.
+local lean_refused = false
+if #KEYS == 1 and ARGV[7] == '1' and ARGV[10] ~= '1' then
+  local key, first, count = KEYS[1], tonumber(ARGV[5]), tonumber(ARGV[6])
+  if type(append_first(key, first, ARGV[8], ARGV[9])) == 'string' then
+    for i = 1, count - 1 do
+      local seq, c = first + i, 8 + 3 * i
+      append(key, '0-' .. seq, seq, ARGV[c], ARGV[c + 1], ARGV[c + 2] == '1')
+    end
+    if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
+    local last = first + count - 1
+    if publish then redis.pcall(publish, channel_of(key), last) end
+    return {{'ok', last}}
+  end
+  lean_refused = true
 end
 
 local function fields_of(entry)
@@ -86,7 +125,7 @@ end
 
 local results = {}
 local tops = {} -- key -> last seq this call stored: its next batch is trusted too
-local at = 4
+local at = 5
 for b = 1, #KEYS do
   local key = KEYS[b]
   local first, count = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
@@ -98,7 +137,7 @@ for b = 1, #KEYS do
   at = chunks_at + 3 * count
   local last = first + count - 1
   local status, top_seq, explicit_ids, top_writer = nil, 0, true, nil
-  if trusted and ARGV[chunks_at + 2] ~= '1' then -- (a lone terminal takes the checked path)
+  if trusted and ARGV[chunks_at + 2] ~= '1' and not lean_refused then -- (a lone terminal: checked path)
     local stored = append_first(key, first, ARGV[chunks_at], ARGV[chunks_at + 1])
     if type(stored) == 'string' then
       for i = 1, count - 1 do
@@ -109,7 +148,7 @@ for b = 1, #KEYS do
       status, top_seq = 'ok', last
     end
   end
-  local newest = status == nil and redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1) or {}
+  local newest = status == nil and redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1) or nil
   if status ~= nil then
     -- stored by the fast path
   elseif newest.err then
@@ -160,7 +199,10 @@ for b = 1, #KEYS do
     if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
     status, top_seq = 'ok', last
   end
-  if status == 'ok' then tops[key] = last end
+  if status == 'ok' then
+    tops[key] = last
+    if publish then redis.pcall(publish, channel_of(key), last) end
+  end
   results[b] = {status, top_seq}
 end
 return results

@@ -867,7 +867,9 @@ impl Sender {
         for batch in group {
             cmd.arg(&batch.key);
         }
-        cmd.arg(&self.shared.writer_id).arg(&max_len).arg(&ttl);
+        // The notice per stored batch: SPUBLISH keeps it on the key's shard.
+        let notice = if self.target.is_cluster() { "s" } else { "p" };
+        cmd.arg(&self.shared.writer_id).arg(&max_len).arg(&ttl).arg(notice);
         for batch in group {
             let trusted =
                 seen.insert(batch.key.as_str()) && !self.target.is_cluster() && batch.trusted_on == Some(con_id);

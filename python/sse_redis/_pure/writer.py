@@ -572,7 +572,8 @@ class WriterEngine:
         next ones of a call itself. Never on a cluster, where the client may
         move to another node (a promoted replica) without a new connection."""
         keys = [run.key for run, _ in group]
-        args: list[object] = [self._writer_id, self._max_len, self._ttl]
+        # The notice per stored batch: SPUBLISH keeps it on the key's shard.
+        args: list[object] = [self._writer_id, self._max_len, self._ttl, b"s" if self._cluster else b"p"]
         for run, chunks in group:
             trusted = run.key not in seen and serial is not None and run.trusted_on == serial
             seen.add(run.key)
