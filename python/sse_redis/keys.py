@@ -38,7 +38,7 @@ class KeyLayout:
     """The reference's layout: ``<prefix><run_id>``, default ``sse:run:<run_id>``."""
 
     def __init__(self, prefix: str = "sse:run:") -> None:
-        self.prefix = _validate_prefix(prefix)
+        self.prefix: str = _validate_prefix(prefix)
 
     def key(self, run_id: str) -> str:
         return self.prefix + validate_run_id(run_id)
