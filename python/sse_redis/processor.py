@@ -17,7 +17,7 @@ from typing import Any
 
 from .writer import AsyncStreamWriter, StreamWriter
 
-log: logging.Logger = logging.getLogger("sse_redis")
+log: logging.Logger = logging.getLogger("sse_redis.processor")
 
 # on_finish(run_id, status, stop_reason, error); on_failure takes the same.
 OnFinish = Callable[[str, str, str | None, BaseException | None], Any]
@@ -59,12 +59,12 @@ class _Processing:
 
     def finishing_failed(self, exc: BaseException) -> None:
         """Writing the end of the stream failed (Redis down): report it, never hide it."""
-        log.error("run %s: could not close its stream: %s", self.run_id, exc)
+        log.error("run %s: could not close its stream: %s", self.run_id, exc, exc_info=exc)
         if self.error is None:
             self.status, self.error = "failed", exc
 
     def hook_failed(self, name: str, exc: BaseException) -> None:
-        log.error("run %s: %s failed: %s", self.run_id, name, exc)
+        log.error("run %s: %s failed: %s", self.run_id, name, exc, exc_info=exc)
         self.hook_failure = self.hook_failure or exc
 
     def outcome(self) -> tuple[str, str, str | None, BaseException | None]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     # The stub documents both twins: _pure.WriterEngine has the same signatures.
     from ._core import WriterEngine
 
-log: logging.Logger = logging.getLogger("sse_redis")
+log: logging.Logger = logging.getLogger("sse_redis.writer")
 
 DONE_CHUNK: Final = "data: [DONE]\n\n"
 DEFAULT_PUBLIC_ERROR: Final = "An internal error occurred while streaming this run."
@@ -36,7 +36,8 @@ DEFAULT_PUBLIC_ERROR: Final = "An internal error occurred while streaming this r
 def failure_chunk(run_id: str, exc: BaseException | None, public_message: str | None) -> str:
     """The error event ``fail`` stores; the exception's own text is only logged."""
     if exc is not None:
-        log.error("run %s failed: %s: %s", run_id, type(exc).__name__, exc)
+        # The traceback goes with the record (exc_info), not only the message.
+        log.error("run %s failed: %s: %s", run_id, type(exc).__name__, exc, exc_info=exc)
     return error_chunk(public_message or DEFAULT_PUBLIC_ERROR)
 
 
@@ -320,4 +321,4 @@ def _flush_open_writers() -> None:
         try:
             writer.close(timeout=5.0)
         except Exception as exc:  # exit must go on; say what was lost
-            log.error("sse-redis: flushing %r at exit failed: %s", writer, exc)
+            log.error("sse-redis: flushing %r at exit failed: %s", writer, exc, exc_info=exc)

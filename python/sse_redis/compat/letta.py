@@ -66,7 +66,7 @@ __all__ = [
     "redis_sse_stream_generator",
 ]
 
-log: logging.Logger = logging.getLogger("sse_redis")
+log: logging.Logger = logging.getLogger("sse_redis.compat.letta")
 
 # The values the reference put in its status updates (Letta's RunStatus and
 # StopReasonType members of these names).
