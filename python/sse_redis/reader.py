@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -31,6 +32,58 @@ if TYPE_CHECKING:
 
 PING: Final = ": ping\n\n"
 MAX_CURSOR: Final = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
+
+# The keys of a reader's stats() that its own face counts; the rest come from the hub.
+_HUB_STATS: Final = ("subscriptions", "catchup_reads", "reconnects", "xreads", "connections")
+
+
+class _Counters:
+    """What a reader's reads did, counted by the face (the same on both
+    backends); added to once per batch of entries, never per chunk."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reads = 0  # reads started
+        self.active = 0  # reads not yet over
+        self.chunks = 0  # chunks delivered (pings not counted)
+        self.errors = 0  # reads that ended with an error (StreamNotFound, StreamStalled, ...)
+
+    def started(self) -> None:
+        with self.lock:
+            self.reads += 1
+            self.active += 1
+
+    def ended(self, failed: bool) -> None:
+        with self.lock:
+            self.active -= 1
+            self.errors += failed
+
+    def delivered(self, n: int) -> None:
+        with self.lock:
+            self.chunks += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return {"reads": self.reads, "active_reads": self.active, "chunks": self.chunks, "errors": self.errors}
+
+
+def _built(engine: _fork.PerProcess) -> Any:
+    """This process's engine if it was built, else ``None`` (stats never start a hub)."""
+    return engine._value if engine._generation == _fork.generation else None
+
+
+def _hub_stats(hub: ReaderHub | None) -> dict[str, int]:
+    """The hub's counters under the reader's names (zeros before the hub exists)."""
+    if hub is None:
+        return dict.fromkeys(_HUB_STATS, 0)
+    s = hub.stats()
+    return {
+        "subscriptions": s["subscriptions"],
+        "catchup_reads": s["fetches"],
+        "reconnects": s["reconnects"],
+        "xreads": s["xreads"],
+        "connections": s["connections"],
+    }
 
 
 def cursor_of(starting_after: int | None, last_event_id: str | None) -> int:
@@ -66,6 +119,7 @@ class _Follow:
         missing_timeout: float | None = None,
     ) -> None:
         self.codec = reader._module
+        self.counters = reader._counters
         self.run_id = run_id
         self.cursor = cursor
         self.stamp_ids = stamp_ids
@@ -109,6 +163,7 @@ class _Follow:
                 break
         if out:
             self.last_sent = now
+            self.counters.delivered(len(out))
         if self.finished:
             return out
         if state == SubState.PENDING:
@@ -192,6 +247,7 @@ class StreamReader:
         self._hub_options = self.options.hub(self.cluster)
         self._hub = _fork.PerProcess(lambda: self._module.ReaderHub(self._url, **self._hub_options))
         self._closed = False
+        self._counters = _Counters()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self._url)!r}, backend={self.backend!r})"
@@ -245,13 +301,38 @@ class StreamReader:
     def _read(self, key: str, follow: _Follow) -> Iterator[str]:
         hub = self.hub
         sid = hub.subscribe(key, follow.cursor, None)
+        self._counters.started()
+        failed = True
         try:
             state = SubState.OK
             while not follow.finished:
                 entries, state = hub.wait(sid, follow.timeout(state))
                 yield from follow.chunks(entries, state)
+            failed = False
+        except GeneratorExit:
+            failed = False  # the caller stopped reading: not an error
+            raise
         finally:
+            self._counters.ended(failed)
             hub.unsubscribe(sid)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this reader in this process (the same keys on both backends):
+
+        - ``reads``: reads started; ``active_reads``: reads not over yet;
+          ``errors``: reads that ended with an error (a reader that stops
+          iterating early is not one);
+        - ``chunks``: chunks delivered to reads (pings not counted);
+        - ``subscriptions``: the hub's subscriptions now (one per active read);
+        - ``catchup_reads``: ``XRANGE`` rounds that caught a read up (resume, a
+          new read, a read whose queue filled), ``xreads``: blocking
+          ``XREAD`` calls, ``reconnects``: links to Redis made again after a
+          failure, ``connections``: the hub's connections now.
+
+        No I/O: the hub's numbers are read under its lock.
+        """
+        hub = None if self._closed else _built(self._hub)
+        return {**self._counters.snapshot(), **_hub_stats(hub)}
 
     def close(self) -> None:
         """Stop the hub; reads still running end with an error."""
@@ -368,6 +449,9 @@ class AsyncStreamReader:
         hub = waker.hub
         sid = hub.subscribe(key, follow.cursor, waker.id)
         deadline = _Deadline(waker.loop)
+        counters = self.sync._counters
+        counters.started()
+        failed = True
         try:
             while not follow.finished:
                 entries, state = hub.poll(sid)
@@ -378,10 +462,19 @@ class AsyncStreamReader:
                     entries, state = hub.poll(sid)
                 for chunk in follow.chunks(entries, state):
                     yield chunk
+            failed = False
+        except (GeneratorExit, asyncio.CancelledError):
+            failed = False  # the caller stopped reading (a client went away): not an error
+            raise
         finally:
+            counters.ended(failed)
             deadline.cancel()
             waker.waiting.pop(sid, None)
             hub.unsubscribe(sid)
+
+    def stats(self) -> dict[str, int]:
+        """``StreamReader.stats`` (no I/O, hence not a coroutine)."""
+        return self.sync.stats()
 
     def close(self) -> None:
         """Stop the hub and the event loops' wakers; reads still running end
