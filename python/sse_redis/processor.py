@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any
 
+from . import telemetry
 from .writer import AsyncStreamWriter, StreamWriter
 
 log: logging.Logger = logging.getLogger("sse_redis.processor")
@@ -100,6 +101,7 @@ def process_stream(
     """
     run = _Processing(writer, run_id, cancels)
     interrupted: BaseException | None = None
+    span = telemetry.start_run(run_id)  # None unless telemetry.enable(): no per-chunk work either way
     try:
         try:
             for item in chunks:
@@ -124,6 +126,8 @@ def process_stream(
         except Exception as exc:
             run.finishing_failed(exc)
     finally:
+        if span is not None:
+            span.end(*run.outcome()[1:])
         if on_finish is not None:
             _call(run, "on_finish", on_finish)
     if interrupted is not None:
@@ -160,6 +164,7 @@ async def aprocess_stream(
     """
     run = _Processing(writer.sync, run_id, cancels)
     interrupted: BaseException | None = None
+    span = telemetry.start_run(run_id)
 
     async def call(name: str, hook: OnFinish) -> None:
         nonlocal interrupted
@@ -204,6 +209,8 @@ async def aprocess_stream(
             interrupted = interrupted or failure
             run.status = "cancelled"
     finally:
+        if span is not None:
+            span.end(*run.outcome()[1:])
         if on_finish is not None:
             await call("on_finish", on_finish)
     if interrupted is not None:
