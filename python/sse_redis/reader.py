@@ -45,7 +45,7 @@ class _Counters:
         self.lock = threading.Lock()
         self.reads = 0  # reads started
         self.active = 0  # reads not yet over
-        self.chunks = 0  # chunks delivered (pings not counted)
+        self.chunks = 0  # chunks made ready for reads, per batch (pings not counted)
         self.errors = 0  # reads that ended with an error (StreamNotFound, StreamStalled, ...)
 
     def started(self) -> None:
@@ -322,7 +322,9 @@ class StreamReader:
         - ``reads``: reads started; ``active_reads``: reads not over yet;
           ``errors``: reads that ended with an error (a reader that stops
           iterating early is not one);
-        - ``chunks``: chunks delivered to reads (pings not counted);
+        - ``chunks``: chunks made ready for reads (counted per batch taken from
+          the hub, not per ``next``: a read stopped early counts the rest of
+          its last batch too; pings not counted);
         - ``subscriptions``: the hub's subscriptions now (one per active read);
         - ``catchup_reads``: ``XRANGE`` rounds that caught a read up (resume, a
           new read, a read whose queue filled), ``xreads``: blocking
