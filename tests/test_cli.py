@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from sse_redis import StreamWriter, __version__
 from sse_redis._pure import SSEParser
@@ -28,8 +31,20 @@ UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 FAST_DEMO = ["--chunks", "60", "--token-delay", "0.001"]
 
 
-def sse_redis(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sse_redis", *args], capture_output=True, text=True, timeout=timeout)
+def sse_redis(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command in a subprocess, without the URL variables of the suite's
+    own environment (plus ``env``)."""
+    environ = {k: v for k, v in os.environ.items() if k not in cli.URL_VARIABLES} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "sse_redis", *args], capture_output=True, text=True, timeout=timeout, env=environ
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_url_variables(monkeypatch):
+    """In-process commands see no ``SSE_REDIS_URL``/``REDIS_URL`` unless a test sets one."""
+    for name in cli.URL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 def assert_one_line_error(stderr: str, command: str) -> str:
@@ -242,27 +257,56 @@ def test_tail_bad_run_id_is_one_line():
     assert_one_line_error(result.stderr, "tail")
 
 
-def test_tail_unreachable_redis_is_one_line(backend):
-    """--retry-timeout bounds how long an unreachable Redis is retried; the
-    error names Redis, not the writer."""
-    result = sse_redis(
-        "tail",
-        "cli-nowhere",
-        "--redis-url",
-        UNREACHABLE,
-        "--backend",
-        backend,
-        "--missing-timeout",
-        "0.3",
-        "--idle-timeout",
-        "600",
-        "--retry-timeout",
-        "1",
-    )
+def test_tail_unreachable_redis_is_one_line_at_once(backend):
+    """An unreachable server is named, with the cause, at once: not after the
+    reader's 30 s of retries (--retry-timeout's default)."""
+    started = time.monotonic()
+    result = sse_redis("tail", "cli-nowhere", "--redis-url", UNREACHABLE, "--backend", backend)
+    elapsed = time.monotonic() - started
     assert result.returncode != 0
     line = assert_one_line_error(result.stderr, "tail")
-    assert "unreachable" in line
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in line
+    assert "refused" in line.lower()  # the cause
     assert result.stdout == ""
+    assert elapsed < 10, elapsed  # an interpreter start and one refused connect
+
+
+def test_tail_silent_host_gives_up_within_the_connect_check():
+    """A host that never answers (a blackholed address) costs the connect
+    check's few seconds, not the retry timeout."""
+    with socket.socket() as listener:  # listens, never accepts: connects succeed, PING gets no answer
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        started = time.monotonic()
+        assert cli.main(["tail", "cli-nowhere", "--redis-url", url]) != 0
+        assert time.monotonic() - started < cli.CONNECT_CHECK_SECONDS * 2 + 2
+
+
+def test_url_from_the_environment(redis_url, backend, monkeypatch, capsys):
+    """Without --redis-url: $SSE_REDIS_URL, else $REDIS_URL; --redis-url wins over both."""
+    run = completed_run(redis_url, 3, backend)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert cli.main(["tail", run, "--backend", backend]) == 0
+    check_tail(capsys.readouterr().out, run, 0, 4)
+    monkeypatch.setenv("SSE_REDIS_URL", UNREACHABLE)  # read first
+    assert cli.main(["tail", run, "--backend", backend]) != 0
+    assert "127.0.0.1:1" in capsys.readouterr().err
+    assert cli.main(["tail", run, "--backend", backend, "--redis-url", redis_url]) == 0
+    monkeypatch.setenv("SSE_REDIS_URL", "")  # empty counts as unset
+    assert cli.main(["tail", run, "--backend", backend]) == 0
+    # A subprocess too, and the demo takes it instead of starting a server.
+    result = sse_redis("demo", *FAST_DEMO, "--backend", backend, env={"SSE_REDIS_URL": redis_url})
+    check_demo(result, backend=backend)
+    assert "embedded Valkey" not in result.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_names_the_url_variables(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert "$SSE_REDIS_URL, else $REDIS_URL" in out
 
 
 def test_demo_unreachable_redis_is_one_line(backend):
@@ -297,6 +341,46 @@ def test_bench_never_tracebacks(monkeypatch, capsys):
         assert "benchmarks exploded" in line
 
 
+def _bench_must_not_run(monkeypatch):
+    import sse_redis.tools.bench as bench
+
+    def ran(*args: Any, **kwargs: Any) -> int:
+        raise AssertionError("the benchmarks ran")
+
+    monkeypatch.setattr(bench, "run_benchmarks", ran)
+
+
+def test_bench_plot_without_matplotlib_fails_first(monkeypatch, capsys, tmp_path):
+    """--plot without matplotlib: one line, before any benchmark (and before
+    an embedded server) starts."""
+    _bench_must_not_run(monkeypatch)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # find_spec -> None: not installed
+    assert cli.main(["bench", "--plot", str(tmp_path / "b.png")]) != 0
+    line = assert_one_line_error(capsys.readouterr().err, "bench")
+    assert "--plot needs matplotlib" in line
+    assert "sse-redis[plot]" in line
+
+
+def test_bench_backend_runs_only_that_backend(monkeypatch, capsys):
+    import sse_redis.tools.bench as bench
+
+    seen: list[Any] = []
+    monkeypatch.setattr(bench, "run_benchmarks", lambda url, **kw: seen.append(kw["backends"]) or 0)
+    assert cli.main(["bench", "--redis-url", UNREACHABLE, "--backend", "python"]) == 0
+    assert cli.main(["bench", "--redis-url", UNREACHABLE]) == 0
+    assert seen == [["python"], None]
+
+
+def test_bench_quick_one_backend(redis_url, backend):
+    """``bench --backend X`` measures X alone (and the reference's writer)."""
+    result = sse_redis("bench", "--quick", "--redis-url", redis_url, "--backend", backend)
+    assert result.returncode == 0, result.stderr
+    head = result.stdout.splitlines()[0]
+    assert head == f"| measure | {backend} |"
+    assert "the reference's writer" in result.stdout
+    assert f"({'python' if backend == 'rust' else 'rust'})" not in result.stderr  # no step of the other engine
+
+
 def test_bench_quick_prints_a_table_and_plots(redis_url, tmp_path):
     """The benchmarks the CLI ships run end to end (quick sizes) on a given server."""
     pytest.importorskip("matplotlib")
@@ -310,6 +394,47 @@ def test_bench_quick_prints_a_table_and_plots(redis_url, tmp_path):
     measures = {line.split("|")[1].strip() for line in lines[2:] if line.startswith("|")}
     assert {"writer, 100 runs round robin (chunks/s)", "reader connections"} <= measures
     assert plot.stat().st_size > 10_000
+
+
+def test_bench_plot_marks_percentiles_machine_date_and_reference(tmp_path):
+    """The plot's text: p50 and p99 of each backend, the backends, the
+    machine, the date, and the reference's throughput bar."""
+    pytest.importorskip("matplotlib")
+    import datetime
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from sse_redis.tools import bench
+
+    results = bench.Results(["rust", "python"])
+    results.latencies_ms = {"rust": [0.1 * i for i in range(1, 101)], "python": [0.2 * i for i in range(1, 101)]}
+    results.throughput = {"rust": 300_000.0, "python": 120_000.0, "reference": 40_000.0}
+    results.started = datetime.datetime(2026, 12, 6, 15, 0, tzinfo=datetime.timezone.utc)
+    texts: list[str] = []
+    save = plt.Figure.savefig
+
+    def capture(fig: Any, path: Any, **kw: Any) -> None:
+        texts.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        save(fig, path, **kw)
+
+    plt.Figure.savefig = capture  # type: ignore[method-assign]
+    try:
+        bench.draw(results, str(tmp_path / "p.png"))
+    finally:
+        plt.Figure.savefig = save  # type: ignore[method-assign]
+    text = "\n".join(texts)
+    for label in ("rust p50 5.00 ms", "rust p99 9.90 ms", "python p50", "python p99", "reference", "40,000"):
+        assert label in text, (label, text)
+    title = next(t for t in texts if t.startswith("sse-redis bench"))
+    assert "backend rust, python" in title
+    assert platform.machine() in title
+    assert f"{os.cpu_count()} CPUs" in title
+    assert platform.python_version() in title
+    assert "2026-12-06" in title
+    assert (tmp_path / "p.png").stat().st_size > 10_000
 
 
 # ----------------------------------------------------------------- serve: no server left behind
@@ -387,3 +512,65 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------- servers.py: the free-port race
+
+
+def _squatter() -> socket.socket:
+    """A listener on a free port that answers any connection with ``+PONG``:
+    another server that took the port between its free-port check and the
+    bind, the worst case for a readiness check that only PINGs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"+PONG\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
+def test_server_moves_to_another_port_when_its_own_is_taken():
+    """A port chosen free but taken before the server binds it: the server
+    starts again on another port, and another server answering PING on the
+    old one is never taken for it.  Restarts then keep the new port."""
+    from sse_redis.tools.servers import RedisProcess, valkey_binary
+
+    with _squatter() as squat:
+        taken = squat.getsockname()[1]
+        server = RedisProcess(valkey_binary())
+        server.port = taken  # as if free_port() had returned it just before the squatter bound it
+        try:
+            server.start()
+            assert server.port != taken
+            client = redis.Redis.from_url(server.url)
+            assert client.info("server")["process_id"] == server._proc.pid
+            client.set("k", "v")
+            server.restart()
+            assert server.port != taken
+            assert client.info("server")["process_id"] == server._proc.pid
+            client.close()
+        finally:
+            server.close()
+
+
+def test_server_on_a_named_port_never_moves():
+    from sse_redis.tools.servers import RedisProcess, ServerError, valkey_binary
+
+    with _squatter() as squat:
+        taken = squat.getsockname()[1]
+        server = RedisProcess(valkey_binary(), port=taken)
+        try:
+            with pytest.raises(ServerError, match=f"port {taken} is in use"):
+                server.start()
+            assert server.port == taken
+        finally:
+            server.close()

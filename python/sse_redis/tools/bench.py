@@ -4,17 +4,27 @@ pure twin, side by side on one server, with a progress bar and a table
 
 The measurements are ``measure.py``'s, the same code ``benches/`` runs under
 pytest-benchmark; this is the quick way to see them on your own machine.
+``--backend rust`` (or ``python``) runs that engine only.  The writer's
+throughput is also measured for the reference's way (``ReferenceWriter``: one
+redis-py pipeline of ``XADD``s and an ``EXPIRE`` per buffer), the bar the two
+engines are compared with.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import os
+import platform
 import sys
+import time
 import timeit
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import redis
 
 from .. import _backend
 from ..reader import AsyncStreamReader
@@ -34,7 +44,9 @@ class Results:
     backends: list[str]
     rows: dict[str, dict[str, str]] = field(default_factory=dict)  # measure -> backend -> cell
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)  # backend -> delivery latencies
-    throughput: dict[str, float] = field(default_factory=dict)  # backend -> chunks/s
+    throughput: dict[str, float] = field(default_factory=dict)  # backend (or "reference") -> chunks/s
+    reference_throughput: str = ""
+    started: datetime.datetime = field(default_factory=lambda: datetime.datetime.now().astimezone())
 
     def put(self, measure: str, backend: str, cell: str) -> None:
         self.rows.setdefault(measure, {})[backend] = cell
@@ -73,6 +85,63 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def machine() -> str:
+    """Where the figures were taken: CPU architecture and count, OS, Python."""
+    return (
+        f"{platform.machine() or 'unknown CPU'}, {os.cpu_count() or '?'} CPUs, {platform.system()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+class ReferenceWriter:
+    """The reference's writer (Letta's ``redis_stream_manager.py``), as
+    ``benches/_reference.py`` rebuilds it, in synchronous redis-py (cheaper
+    per command than its asyncio original: a flattering stand-in): a buffer
+    per run leaves as one pipeline of ``XADD key MAXLEN ~ n *`` per chunk and
+    an ``EXPIRE`` when it holds ``flush_size`` chunks or is older than
+    ``flush_interval``; no fencing, no script."""
+
+    def __init__(self, url: str, *, flush_size: int = 50, flush_interval: float = 0.5, prefix: str = "sse:run:"):
+        self.client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self.flush_size = flush_size
+        self.flush_interval = flush_interval
+        self.prefix = prefix
+        self.buffers: dict[str, list[dict[str | bytes, str | int]]] = {}
+        self.next_seq: dict[str, int] = {}
+        self.flushed_at: dict[str, float] = {}
+
+    def write(self, run_id: str, chunk: str) -> int:
+        seq = self.next_seq.get(run_id, 1)
+        self.next_seq[run_id] = seq + 1
+        buffer = self.buffers.setdefault(run_id, [])
+        buffer.append({"seq_id": seq, "data": chunk, "timestamp": int(time.time() * 1000)})
+        if len(buffer) >= self.flush_size or time.time() - self.flushed_at.get(run_id, 0.0) > self.flush_interval:
+            self._flush_run(run_id)
+        return seq
+
+    def _flush_run(self, run_id: str) -> None:
+        entries, self.buffers[run_id] = self.buffers.get(run_id, []), []
+        if not entries:
+            return
+        key = self.prefix + run_id
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xadd(key, entry, maxlen=10000, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(key, 10800)
+        pipe.execute()
+        self.flushed_at[run_id] = time.time()
+
+    def flush(self) -> None:
+        for run_id in list(self.buffers):
+            self._flush_run(run_id)
+
+    def delete(self, run_id: str) -> None:
+        self.client.delete(self.prefix + run_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def _codec_us(backend: str, corpus: list[str]) -> float:
     codec = _backend.module(backend)
     is_terminal, sniff, patch, stamp = codec.is_terminal, codec.sniff_stop_reason, codec.patch_nulls, codec.set_event_id
@@ -86,8 +155,14 @@ def _codec_us(backend: str, corpus: list[str]) -> float:
     return min(timeit.repeat(per_corpus, number=1, repeat=5)) / len(corpus) * 1e6
 
 
-def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) -> int:
-    backends = ["rust", "python"] if _backend._core is not None else ["python"]
+def run_benchmarks(
+    url: str, *, quick: bool = False, plot: str | None = None, backends: Sequence[str] | None = None
+) -> int:
+    """Run the benchmarks on ``backends`` (default: both, or the pure one
+    where there is no Rust core), print the table, draw ``plot``."""
+    if backends is None:
+        backends = ["rust", "python"] if _backend._core is not None else ["python"]
+    backends = list(backends)
     scale = 0.2 if quick else 1.0
     corpus = llm_run_chunks(2000 if quick else 10_000)
     chunk = min(corpus[:-3], key=lambda c: abs(len(c) - 300))
@@ -108,6 +183,20 @@ def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) ->
         rate = len(runs) * per_run / seconds
         results.throughput[backend] = rate
         results.put("writer, 100 runs round robin (chunks/s)", backend, f"{rate:,.0f}")
+
+    def reference_throughput() -> None:
+        runs = [f"bench-ref-{uuid.uuid4().hex[:8]}-{i}" for i in range(100)]
+        writer = ReferenceWriter(url)
+        try:
+            per_run = max(20, int(1000 * scale))
+            seconds = writer_throughput(writer, runs, [chunk] * per_run)
+            for run in runs:
+                writer.delete(run)
+        finally:
+            writer.close()
+        rate = len(runs) * per_run / seconds
+        results.throughput["reference"] = rate
+        results.reference_throughput = f"{rate:,.0f}"
 
     def latency(backend: str) -> None:
         run = f"bench-{uuid.uuid4().hex[:8]}"
@@ -140,6 +229,8 @@ def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) ->
     ):
         for backend in backends:
             steps.append((f"{name} ({backend})", functools.partial(fn, backend)))
+        if name == "writer throughput":
+            steps.append(("writer throughput (reference)", reference_throughput))
 
     progress = Progress(len(steps))
     try:
@@ -150,6 +241,12 @@ def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) ->
         progress.finish()
         probe.close()
     print(results.table())
+    if results.reference_throughput:
+        print(
+            f"\nthe reference's writer (one redis-py pipeline per buffer), same workload: "
+            f"{results.reference_throughput} chunks/s"
+        )
+    print(f"{machine()}; {results.started:%Y-%m-%d %H:%M %Z}")
     if plot:
         draw(results, plot)
         print(f"plot written to {plot}")
@@ -158,7 +255,9 @@ def run_benchmarks(url: str, *, quick: bool = False, plot: str | None = None) ->
 
 
 def draw(results: Results, path: str) -> None:
-    """Delivery latency distributions and writer throughput bars, side by side."""
+    """Delivery latency distributions (p50 and p99 marked) and writer
+    throughput bars (the reference's among them), side by side, titled with
+    the backends, the machine and the date."""
     try:
         import matplotlib
 
@@ -166,21 +265,29 @@ def draw(results: Results, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError("--plot needs matplotlib: pip install 'sse-redis[plot]'") from exc
-    colors = {"rust": "#c05a28", "python": "#3572a5"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"rust": "#c05a28", "python": "#3572a5", "reference": "#8c8c8c"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     every = [x for ms in results.latencies_ms.values() for x in ms]
     top = sorted(every)[int(0.999 * (len(every) - 1))] if every else 1.0  # leave far outliers out of view
     bins = [top * i / 80 for i in range(81)]
     for backend, ms in results.latencies_ms.items():
-        left.hist(ms, bins=bins, alpha=0.6, label=backend, color=colors.get(backend))
+        color = colors.get(backend)
+        left.hist(ms, bins=bins, alpha=0.5, label=backend, color=color)
+        p = percentiles(ms, (50, 99))
+        left.axvline(p["p50"], color=color, linestyle="-", linewidth=1.5, label=f"{backend} p50 {p['p50']:.2f} ms")
+        left.axvline(p["p99"], color=color, linestyle="--", linewidth=1.5, label=f"{backend} p99 {p['p99']:.2f} ms")
     left.set_xlabel("write -> reader yields (ms)")
     left.set_ylabel("chunks")
     left.set_title("Delivery latency, 100 streams x 100 chunks/s")
-    left.legend()
+    left.legend(fontsize="small")
     names = list(results.throughput)
     bars: Any = right.bar(names, [results.throughput[n] for n in names], color=[colors.get(n) for n in names])
     right.bar_label(bars, fmt="{:,.0f}")
     right.set_ylabel("chunks/s")
-    right.set_title("Writer throughput, 100 runs")
+    right.set_title("Writer throughput, 100 runs round robin")
+    fig.suptitle(
+        f"sse-redis bench: backend {', '.join(results.backends)}; {machine()}; {results.started:%Y-%m-%d %H:%M %Z}",
+        fontsize="medium",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

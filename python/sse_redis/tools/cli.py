@@ -5,6 +5,8 @@
     sse-redis bench              the writer, reader and codec benchmarks, Rust vs pure
     sse-redis serve              the example FastAPI app on localhost
 
+Without ``--redis-url`` a command uses ``$SSE_REDIS_URL``, else ``$REDIS_URL``,
+else its default (an embedded Valkey; for ``tail``, ``redis://127.0.0.1:6379/0``).
 Errors print as one line (``--debug`` shows the traceback).
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,6 +25,20 @@ from .. import _backend
 
 class CommandError(Exception):
     """A failure to report as one line, without a traceback."""
+
+
+URL_VARIABLES = ("SSE_REDIS_URL", "REDIS_URL")  # read in this order when --redis-url is not given
+TAIL_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+CONNECT_CHECK_SECONDS = 3.0
+
+
+def url_from_environment() -> str | None:
+    """The first of ``URL_VARIABLES`` that is set and not empty."""
+    for name in URL_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
 
 
 @contextlib.contextmanager
@@ -80,9 +98,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from ..reader import StreamReader
+    from .demo import check_reachable
 
+    url = args.redis_url or TAIL_DEFAULT_URL
+    # The reader would retry an unreachable server for --retry-timeout (30 s)
+    # before saying anything: a quick PING first names the host and the cause.
+    check_reachable(url, timeout=min(CONNECT_CHECK_SECONDS, args.retry_timeout or CONNECT_CHECK_SECONDS))
     reader = StreamReader(
-        args.redis_url or "redis://127.0.0.1:6379/0",
+        url,
         backend=args.backend,
         idle_timeout=args.idle_timeout,
         missing_timeout=args.missing_timeout,
@@ -102,11 +125,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from .bench import run_benchmarks
+        from . import bench
     except ImportError as exc:
         raise CommandError(f"the benchmarks are not available: {exc}") from exc
+    # Refuse what cannot work before minutes of benchmarks, not after.
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise CommandError("--plot needs matplotlib: pip install 'sse-redis[plot]'")
+    if args.backend == "rust" and _backend._core is None:
+        raise CommandError(f"--backend rust: the Rust core is not available here ({_backend.BACKEND} backend only)")
+    backends = [args.backend] if args.backend else None
     with redis_for(args.redis_url) as url:
-        return run_benchmarks(url, quick=args.quick, plot=args.plot)
+        return bench.run_benchmarks(url, quick=args.quick, plot=args.plot, backends=backends)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -134,10 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()} ({_backend.BACKEND} backend)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def common(p: argparse.ArgumentParser, *, embedded: bool) -> None:
-        help_url = "Redis URL" + (" (default: start an embedded Valkey)" if embedded else " (default: local 6379)")
+    def common(
+        p: argparse.ArgumentParser, *, embedded: bool, backend_help: str = "engine (default: the live one)"
+    ) -> None:
+        fallback = "start an embedded Valkey" if embedded else TAIL_DEFAULT_URL
+        help_url = f"Redis URL (default: $SSE_REDIS_URL, else $REDIS_URL, else {fallback})"
         p.add_argument("--redis-url", default=None, help=help_url)
-        p.add_argument("--backend", choices=["rust", "python"], default=None, help="engine (default: the live one)")
+        p.add_argument("--backend", choices=["rust", "python"], default=None, help=backend_help)
 
     demo = sub.add_parser("demo", help="stream a simulated LLM run, drop the reader half-way, resume")
     common(demo, embedded=True)
@@ -156,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(func=cmd_tail)
 
     bench = sub.add_parser("bench", help="writer, reader and codec benchmarks, Rust vs pure")
-    common(bench, embedded=True)
+    common(bench, embedded=True, backend_help="run only this engine (default: both, where the Rust core exists)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--plot", metavar="FILE.png", default=None, help="draw latency and throughput (matplotlib)")
     bench.set_defaults(func=cmd_bench)
@@ -179,6 +211,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.redis_url is None:
+        args.redis_url = url_from_environment()
     try:
         code: int = args.func(args)
         return code

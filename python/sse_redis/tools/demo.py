@@ -62,16 +62,22 @@ def _event_id(chunk: str) -> int:
     raise ValueError(f"chunk without an id line: {chunk!r}")
 
 
-def _check_reachable(redis_url: str) -> None:
-    """Fail at once, in one line, when there is no Redis to demo on."""
+def check_reachable(redis_url: str, timeout: float = 3.0) -> None:
+    """Fail at once, in one line naming the server and the cause, when there
+    is no Redis to use at ``redis_url`` (one PING, ``timeout`` seconds at most
+    to connect and as long for the answer)."""
     import redis
 
     from ..connection import redact
     from ..errors import RedisUnavailable
 
     try:
-        redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3).ping()
-    except redis.RedisError as exc:
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
         raise RedisUnavailable(f"cannot reach Redis at {redact(redis_url)}: {exc}") from None
 
 
@@ -85,7 +91,7 @@ def run_demo(
 ) -> DemoReport:
     """Stream one run of ``chunks`` chunks and follow it with a reader that
     reconnects half-way; returns what happened."""
-    _check_reachable(redis_url)
+    check_reachable(redis_url)
     run_id = f"demo-{uuid.uuid4().hex[:12]}"
     source = llm_run_chunks(chunks, seed=7)
     sent_at: dict[int, float] = {}
