@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +20,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sse_redis import AsyncStreamReader, StreamReader, StreamWriter, aprocess_stream, metrics, process_stream, telemetry
+from sse_redis import (
+    AsyncStreamReader,
+    RedisUnavailable,
+    StreamReader,
+    StreamWriter,
+    aprocess_stream,
+    metrics,
+    process_stream,
+    telemetry,
+)
 
 READER_KEYS = {
     "reads",
@@ -239,3 +250,169 @@ async def _agen(items: list[str]) -> Any:
 def test_telemetry_is_off_by_default(redis_url: str, make_writer: Callable[..., StreamWriter]) -> None:
     assert not telemetry.enabled()
     assert telemetry.start_run("r") is None  # the processors' only telemetry cost: one global read per run
+
+
+# -- engine events: retries and reconnects logged at WARNING with their cause --
+
+CAUSES = {"connection refused", "connection lost", "the blocker's link went silent"}
+
+
+def events(caplog: Any, logger: str) -> list[tuple[str, str]]:
+    """``(kind, cause)`` of the WARNINGs the engines' events made on ``logger``."""
+    return [
+        (r.sse_redis_event, r.sse_redis_cause)
+        for r in caplog.records
+        if r.name == logger and r.levelno == logging.WARNING and hasattr(r, "sse_redis_event")
+    ]
+
+
+def test_link_error_causes_read_the_same_on_both_backends() -> None:
+    """The pure twin's words; the Rust core's are pinned to the same table in
+    ``src/io/links.rs`` (its unit test ``causes``)."""
+    import redis
+
+    from sse_redis._pure import links
+
+    refused = redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    assert links.cause(refused, 10.0) == "connection refused"
+    assert links.cause(redis.TimeoutError("Timeout reading from socket"), 10.0) == "timed out (no reply within 10.0s)"
+    assert links.cause(redis.ConnectionError("Connection closed by server."), 10.0) == "connection lost"
+    assert links.cause(ConnectionResetError(104, "Connection reset by peer"), 10.0) == "connection lost"
+    assert links.cause(redis.exceptions.BusyLoadingError("LOADING"), 10.0) == "loading"
+    assert links.cause(redis.exceptions.OutOfMemoryError("OOM"), 10.0) == "out of memory"
+    assert links.cause(redis.exceptions.TryAgainError("TRYAGAIN"), 10.0) == "try again"
+    assert links.cause(redis.exceptions.MasterDownError("MASTERDOWN"), 10.0) == "master down"
+    assert links.cause(redis.exceptions.ClusterDownError("CLUSTERDOWN"), 10.0) == "cluster down"
+    assert links.cause(redis.exceptions.ReadOnlyError("READONLY"), 10.0) == "read only replica"
+
+
+def test_events_are_bounded_and_say_what_was_dropped() -> None:
+    from sse_redis._pure import links
+
+    kept = links.Events()
+    for i in range(links.MAX_EVENTS + 5):
+        kept.push("retry", f"cause {i}")
+    got = kept.take()
+    assert got[0] == ("dropped", "5 older events not kept")
+    assert got[1:] == [("retry", f"cause {i}") for i in range(5, links.MAX_EVENTS + 5)]
+    assert kept.take() == []
+
+
+def test_writer_retries_are_logged_with_their_cause(
+    backend: str,
+    dedicated_server: Callable[..., Any],
+    make_writer: Callable[..., StreamWriter],
+    run_id: Callable[[], str],
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_redis")
+    server = dedicated_server()
+    writer = make_writer(server.url, retry_timeout=20.0)
+    writer.write(run_id(), "data: 1\n\n")
+    writer.flush()
+    server.stop()
+    # A new run (the restarted server keeps no data): its open waits for the server.
+    thread = threading.Thread(target=writer.write, args=(run_id(), "data: 2\n\n"), daemon=True)
+    thread.start()
+    time.sleep(0.5)  # a few retries against the stopped server
+    server.start()
+    thread.join(20.0)
+    writer.flush(timeout=20.0)
+    got = events(caplog, "sse_redis.writer")
+    assert got, "no retry was logged"
+    assert {kind for kind, _ in got} == {"retry"}
+    assert {cause for _, cause in got} <= CAUSES
+    assert ("retry", "connection refused") in got
+    assert len(got) == writer.stats()["retries"]  # one WARNING per retry
+    assert all("Redis pipeline retried: " in r.getMessage() for r in caplog.records if r.name == "sse_redis.writer")
+
+
+def test_writer_giving_up_is_logged(
+    backend: str,
+    dedicated_server: Callable[..., Any],
+    make_writer: Callable[..., StreamWriter],
+    run_id: Callable[[], str],
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_redis")
+    server = dedicated_server()
+    writer = make_writer(server.url, retry_timeout=0.5)
+    run = run_id()
+    writer.write(run, "data: 1\n\n")
+    writer.flush()
+    server.stop()
+    writer.write(run, "data: 2\n\n")
+    with pytest.raises(RedisUnavailable):
+        writer.flush(timeout=10.0)
+    got = events(caplog, "sse_redis.writer")
+    assert got[-1] == ("gave_up", "connection refused")
+    assert [kind for kind, _ in got].count("gave_up") == 1
+    assert {cause for _, cause in got} <= CAUSES
+    assert len(got) == writer.stats()["retries"]  # the last try counts as a retry, logged as the give-up
+
+
+def test_retries_are_logged_without_any_call(
+    backend: str,
+    dedicated_server: Callable[..., Any],
+    make_writer: Callable[..., StreamWriter],
+    run_id: Callable[[], str],
+    caplog: Any,
+) -> None:
+    """The drain thread logs what the engine retried though the application
+    never calls flush, complete, close or stats."""
+    caplog.set_level(logging.WARNING, logger="sse_redis")
+    server = dedicated_server()
+    writer = make_writer(server.url, retry_timeout=30.0)
+    run = run_id()
+    writer.write(run, "data: 1\n\n")
+    writer.flush()
+    server.stop()
+    writer.write(run, "data: 2\n\n")
+    deadline = time.monotonic() + 5.0
+    while not events(caplog, "sse_redis.writer") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ("retry", "connection refused") in events(caplog, "sse_redis.writer")
+
+
+def test_reader_reconnects_are_logged_with_their_cause(
+    backend: str,
+    dedicated_server: Callable[..., Any],
+    fault_proxy: Callable[..., Any],
+    make_writer: Callable[..., StreamWriter],
+    run_id: Callable[[], str],
+    caplog: Any,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_redis")
+    server = dedicated_server()
+    proxy = fault_proxy(server)
+    writer = make_writer(server.url)
+    run = run_id()
+    writer.write(run, "data: 1\n\n")
+    writer.flush()
+    got: list[str] = []
+    with StreamReader(proxy.url, backend=backend) as reader:
+        first = threading.Event()
+
+        def read() -> None:
+            for chunk in reader.read(run, idle_timeout=20.0):
+                got.append(chunk)
+                first.set()
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        assert first.wait(10.0)
+        time.sleep(0.3)  # the read is live: its blocker waits in XREAD
+        proxy.drop_all()
+        time.sleep(0.3)
+        writer.write(run, "data: 2\n\n")
+        writer.complete(run)
+        thread.join(20.0)
+        assert not thread.is_alive()
+        stats = reader.stats()
+    assert len(got) == 3
+    logged = events(caplog, "sse_redis.reader")
+    assert logged, "no reconnect was logged"
+    assert {kind for kind, _ in logged} == {"reconnect"}
+    assert ("reconnect", "connection lost") in logged
+    assert {cause for _, cause in logged} <= CAUSES
+    assert len(logged) == stats["reconnects"]  # one WARNING per reconnect

@@ -10,13 +10,14 @@ chunks and decides when the read is over, for the sync and async faces alike.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _backend, _fork
+from . import _backend, _events, _fork
 from . import keys as _keys
 from ._options import NO_LIMIT, ReaderOptions, same_parameters, seconds
 from ._states import SubState
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 PING: Final = ": ping\n\n"
 MAX_CURSOR: Final = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
+
+log: logging.Logger = logging.getLogger("sse_redis.reader")
 
 # The keys of a reader's stats() that its own face counts; the rest come from the hub.
 _HUB_STATS: Final = ("subscriptions", "catchup_reads", "reconnects", "xreads", "connections")
@@ -245,12 +248,22 @@ class StreamReader:
         self.ping_interval: float | None = self.options.ping_interval
         self.retry_timeout: float = self.options.retry_timeout
         self._hub_options = self.options.hub(self.cluster)
-        self._hub = _fork.PerProcess(lambda: self._module.ReaderHub(self._url, **self._hub_options))
+        self._hub = _fork.PerProcess(self._build_hub)
         self._closed = False
         self._counters = _Counters()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self._url)!r}, backend={self.backend!r})"
+
+    def _build_hub(self) -> ReaderHub:
+        hub: ReaderHub = self._module.ReaderHub(self._url, **self._hub_options)
+        _events.watch(self)  # its reconnects are logged even if nothing here is called again
+        return hub
+
+    def _log_events(self) -> None:
+        """Log the hub's reconnects since the last drain (WARNING)."""
+        if not self._closed:
+            _events.log(log, _events.built(self._hub))
 
     @property
     def hub(self) -> ReaderHub:
@@ -331,9 +344,13 @@ class StreamReader:
           ``XREAD`` calls, ``reconnects``: links to Redis made again after a
           failure, ``connections``: the hub's connections now.
 
+        Reading the stats logs the hub's reconnects since the last drain
+        (WARNING, ``sse_redis.reader``).
+
         No I/O: the hub's numbers are read under its lock.
         """
         hub = None if self._closed else _built(self._hub)
+        _events.log(log, hub)
         return {**self._counters.snapshot(), **_hub_stats(hub)}
 
     def close(self) -> None:
@@ -341,6 +358,7 @@ class StreamReader:
         self._closed = True
         hub = self._hub.take()
         if hub is not None:
+            _events.log(log, hub)
             hub.close()
 
     def __enter__(self) -> Self:

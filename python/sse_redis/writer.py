@@ -15,7 +15,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _backend, _fork
+from . import _backend, _events, _fork
 from . import keys as _keys
 from ._options import WriterOptions, same_parameters, seconds, wait_seconds
 from .connection import redact, resolve_target
@@ -107,12 +107,22 @@ class StreamWriter:
         self.flush_interval: float = self.options.flush_interval
         self._write_timeout = self.options.write_timeout
         self._options = self.options.engine(self.cluster)
-        self._engine = _fork.PerProcess(lambda: self._module.WriterEngine(self._url, **self._options))
+        self._engine = _fork.PerProcess(self._build_engine)
         self._closed = False
         _open_writers.add(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self._url)!r}, backend={self.backend!r})"
+
+    def _build_engine(self) -> WriterEngine:
+        engine: WriterEngine = self._module.WriterEngine(self._url, **self._options)
+        _events.watch(self)  # its retries are logged even if nothing here is called again
+        return engine
+
+    def _log_events(self) -> None:
+        """Log the engine's retries and give-ups since the last drain (WARNING)."""
+        if not self._closed:
+            _events.log(log, _events.built(self._engine))
 
     @property
     def engine(self) -> WriterEngine:
@@ -171,14 +181,21 @@ class StreamWriter:
                 seq = engine.write(key, chunk, True, self._write_timeout)
         except RunClosedError:
             seq = None  # already complete; still wait for a terminal of ours in flight
-        engine.flush(self._write_timeout, key)
+        try:
+            engine.flush(self._write_timeout, key)
+        finally:
+            _events.log(log, engine)
         return None if seq is not None and engine.superseded(key, seq) else seq
 
     def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:
         """Return once everything written so far (to ``run_id``, or to any run)
         is stored; raises a failed batch's error, each error once."""
         key = None if run_id is None else self._key(run_id)
-        self.engine.flush(self._timeout(timeout), key)
+        engine = self.engine
+        try:
+            engine.flush(self._timeout(timeout), key)
+        finally:
+            _events.log(log, engine)
 
     def _timeout(self, timeout: float | None) -> float | None:
         """A call's own timeout (checked like ``write_timeout``), else ``write_timeout``."""
@@ -196,7 +213,9 @@ class StreamWriter:
 
     def stats(self) -> dict[str, int]:
         """Counters: chunks and batches stored, pipelines, retries, errors, pending chunks, open runs."""
-        return self.engine.stats()
+        engine = self.engine
+        _events.log(log, engine)
+        return engine.stats()
 
     def close(self, timeout: float | None = None) -> None:
         """Flush and stop the engine; idempotent."""
@@ -207,7 +226,10 @@ class StreamWriter:
         _open_writers.discard(self)
         engine = self._engine.take()
         if engine is not None:
-            engine.close(timeout)
+            try:
+                engine.close(timeout)
+            finally:
+                _events.log(log, engine)
 
     def __enter__(self) -> Self:
         return self
@@ -277,7 +299,10 @@ class AsyncStreamWriter:
         except RunClosedError:
             seq = None  # already complete; still wait for a terminal of ours in flight
         engine = self.sync.engine
-        await asyncio.to_thread(engine.flush, self.sync._write_timeout, key)
+        try:
+            await asyncio.to_thread(engine.flush, self.sync._write_timeout, key)
+        finally:
+            _events.log(log, engine)
         return None if seq is not None and engine.superseded(key, seq) else seq
 
     async def flush(self, timeout: float | None = None, *, run_id: str | None = None) -> None:

@@ -1,6 +1,7 @@
 //! Connections: one URL form for every engine, explicit timeouts, and error
 //! classification (retry the link, or report the command).
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -546,6 +547,63 @@ pub fn is_transient_reply(err: &RedisError) -> bool {
     matches!(err.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY" | "OOM"))
 }
 
+/// A link error in the words both engines log it with (the twin of the pure
+/// links' `cause`): the same fault reads the same on either backend.
+/// `timeout`: the read timeout of the link that failed.
+pub fn cause(err: &RedisError, timeout: Duration) -> String {
+    match err.code() {
+        Some("LOADING") => return "loading".into(),
+        Some("OOM") => return "out of memory".into(),
+        Some("TRYAGAIN") => return "try again".into(),
+        Some("MASTERDOWN") => return "master down".into(),
+        Some("CLUSTERDOWN") => return "cluster down".into(),
+        Some("READONLY") => return "read only replica".into(),
+        _ => {}
+    }
+    if err.is_connection_refusal() {
+        "connection refused".into()
+    } else if err.is_timeout() {
+        format!("timed out (no reply within {:?}s)", timeout.as_secs_f64())
+    } else if err.is_io_error() || err.is_connection_dropped() {
+        "connection lost".into()
+    } else {
+        "connection error".into()
+    }
+}
+
+/// The most events an engine keeps between two drains (`take_events`).
+pub const MAX_EVENTS: usize = 100;
+
+/// Retries and reconnects with their cause, kept under the engine's lock
+/// until the face drains and logs them (an engine thread never waits on the
+/// GIL). Bounded: past `MAX_EVENTS` the oldest go, and the next drain says
+/// how many (kind `dropped`).
+#[derive(Default)]
+pub struct Events {
+    kept: VecDeque<(&'static str, String)>,
+    dropped: u64,
+}
+
+impl Events {
+    pub fn push(&mut self, kind: &'static str, cause: String) {
+        if self.kept.len() >= MAX_EVENTS {
+            self.kept.pop_front();
+            self.dropped += 1;
+        }
+        self.kept.push_back((kind, cause));
+    }
+
+    pub fn take(&mut self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(self.kept.len() + 1);
+        if self.dropped > 0 {
+            out.push(("dropped", format!("{} older events not kept", self.dropped)));
+            self.dropped = 0;
+        }
+        out.extend(self.kept.drain(..));
+        out
+    }
+}
+
 /// A cluster redirection (`MOVED`/`ASK`): the slot lives, or is moving, elsewhere.
 pub fn redirect(err: &RedisError) -> Option<(bool, String)> {
     let (node, _slot) = err.redirect_node()?;
@@ -559,5 +617,53 @@ trait KindText {
 impl KindText for RedisError {
     fn kind_text(&self) -> String {
         format!("{:?}", self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn io_error(kind: io::ErrorKind) -> RedisError {
+        RedisError::from(io::Error::new(kind, "test"))
+    }
+
+    /// The same words as the pure twin's `cause` (tests/test_observability.py).
+    #[test]
+    fn causes() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(cause(&io_error(io::ErrorKind::ConnectionRefused), ten), "connection refused");
+        assert_eq!(cause(&io_error(io::ErrorKind::TimedOut), ten), "timed out (no reply within 10.0s)");
+        assert_eq!(cause(&io_error(io::ErrorKind::WouldBlock), ten), "timed out (no reply within 10.0s)");
+        assert_eq!(cause(&io_error(io::ErrorKind::ConnectionReset), ten), "connection lost");
+        assert_eq!(cause(&io_error(io::ErrorKind::UnexpectedEof), ten), "connection lost");
+        for (code, words) in [
+            ("LOADING", "loading"),
+            ("OOM", "out of memory"),
+            ("TRYAGAIN", "try again"),
+            ("MASTERDOWN", "master down"),
+            ("CLUSTERDOWN", "cluster down"),
+            ("READONLY", "read only replica"),
+        ] {
+            let reply = redis::parse_redis_value(format!("-{code} test\r\n").as_bytes());
+            match reply.and_then(redis::Value::extract_error) {
+                Err(err) => assert_eq!(cause(&err, ten), words),
+                Ok(value) => panic!("{code}: not an error reply: {value:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn events_are_bounded() {
+        let mut events = Events::default();
+        for i in 0..MAX_EVENTS + 5 {
+            events.push("retry", format!("cause {i}"));
+        }
+        let got = events.take();
+        assert_eq!(got[0], ("dropped", "5 older events not kept".to_owned()));
+        assert_eq!(got.len(), MAX_EVENTS + 1);
+        assert_eq!(got[1], ("retry", "cause 5".to_owned()));
+        assert!(events.take().is_empty());
     }
 }

@@ -23,7 +23,7 @@ use redis::{Cmd, RedisError, RedisResult, Value};
 use thiserror::Error;
 
 use super::entries::parse_range;
-use super::links::{self, Link, Target, TargetError};
+use super::links::{self, Events, Link, Target, TargetError};
 
 const APPEND_SCRIPT: &str = include_str!("../../python/sse_redis/append.lua");
 /// Bounds on chunks per pipeline and per script call, so that one round trip,
@@ -219,6 +219,8 @@ struct State {
     /// Terminals that found their run completed by another writer, so
     /// `complete` can say it was a no-op (the latest few only: bounded).
     superseded: VecDeque<(String, u64)>,
+    /// Retries and give-ups with their cause, until the face logs them.
+    events: Events,
 }
 
 impl State {
@@ -554,6 +556,12 @@ impl Engine {
         Stats { pending: state.pending as u64, runs: state.runs.len() as u64, ..state.stats.clone() }
     }
 
+    /// The retries and give-ups since the last call, oldest first, as
+    /// `(kind, cause)`: `retry`, `gave_up`, `dropped` (events not kept).
+    pub fn take_events(&self) -> Vec<(&'static str, String)> {
+        self.shared.lock().events.take()
+    }
+
     /// Flushes, stops the sender thread, and drops the connections.
     pub fn close(&self, timeout: Option<Duration>) -> Result<(), WriteError> {
         if self.shared.lock().closed {
@@ -725,11 +733,14 @@ impl Sender {
                     }
                 }
             }
+            let cause = failure.cause(self.shared.opts.socket_timeout);
             let mut state = self.shared.lock();
             state.stats.retries += 1;
             if Instant::now() + delay > deadline || state.closed {
+                drop(state);
                 return fail_all(self.gave_up(failure));
             }
+            state.events.push("retry", cause);
             drop(self.shared.wait(state, Some(delay))); // woken early by close
             delay = (delay * 2).min(Duration::from_secs(1));
         }
@@ -768,10 +779,12 @@ impl Sender {
         (tops, outcomes)
     }
 
-    /// The error of a pipeline that failed until the retry deadline.
+    /// The error of a pipeline that failed until the retry deadline (an
+    /// event too, which the face logs). Called without the lock held.
     fn gave_up(&self, failure: SendError) -> WriteError {
         let opts = &self.shared.opts;
         let retry_timeout = opts.retry_timeout;
+        self.shared.lock().events.push("gave_up", failure.cause(opts.socket_timeout));
         let failure = match failure {
             SendError::Redis(err) if err.code() == Some("OOM") => {
                 return WriteError::OutOfMemory { retry_timeout, source: err }
@@ -912,6 +925,16 @@ type Replies = (Vec<RedisResult<Value>>, Vec<RedisResult<Value>>);
 enum SendError {
     Redis(RedisError),
     TooFewReplicas(LinkFailure),
+}
+
+impl SendError {
+    /// The failure in the words both engines log it with.
+    fn cause(&self, socket_timeout: Duration) -> String {
+        match self {
+            SendError::Redis(err) => links::cause(err, socket_timeout),
+            SendError::TooFewReplicas(failure) => failure.to_string(),
+        }
+    }
 }
 
 impl From<RedisError> for SendError {

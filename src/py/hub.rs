@@ -121,6 +121,11 @@ impl ReaderHub {
         Ok(dict)
     }
 
+    /// The engine's events since the last call, oldest first: `(kind, cause)`.
+    fn take_events(&self) -> Vec<(&'static str, String)> {
+        self.inner.take_events()
+    }
+
     fn close(&self) {
         self.inner.close()
     }

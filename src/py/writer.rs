@@ -132,6 +132,11 @@ impl WriterEngine {
         Ok(dict)
     }
 
+    /// The engine's events since the last call, oldest first: `(kind, cause)`.
+    fn take_events(&self) -> Vec<(&'static str, String)> {
+        self.inner.take_events()
+    }
+
     #[pyo3(signature = (timeout = None))]
     fn close(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let timeout = opt_seconds(timeout, "timeout")?;

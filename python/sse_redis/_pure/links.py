@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +40,65 @@ LINK_ERRORS = (
     redis.exceptions.RedisClusterException,  # no node reachable, slot not covered
     OSError,
 )
+
+
+def cause(exc: BaseException, timeout: float) -> str:
+    """A link error in the words both engines log it with (the twin of
+    ``links::cause``): the same fault reads the same on either backend.
+    ``timeout``: the read timeout of the link that failed."""
+    exceptions = redis.exceptions
+    for kind, words in (
+        (exceptions.BusyLoadingError, "loading"),
+        (exceptions.OutOfMemoryError, "out of memory"),
+        (exceptions.TryAgainError, "try again"),
+        (exceptions.MasterDownError, "master down"),
+        (exceptions.ClusterDownError, "cluster down"),
+        (exceptions.ReadOnlyError, "read only replica"),
+    ):
+        if isinstance(exc, kind):
+            return words
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, (ConnectionRefusedError, FileNotFoundError)) or "Connection refused" in str(chain):
+            return "connection refused"
+        chain = chain.__cause__ or chain.__context__
+    if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+        return f"timed out (no reply within {float(timeout)}s)"
+    if isinstance(exc, (redis.ConnectionError, OSError)):
+        return "connection lost"
+    return "connection error"
+
+
+# The most events an engine keeps between two drains (``take_events``).
+MAX_EVENTS = 100
+
+
+class Events:
+    """Retries and reconnects with their cause, kept under the engine's lock
+    until the face drains and logs them (twin of ``links::Events``). Bounded:
+    past ``MAX_EVENTS`` the oldest go, and the next drain says how many (kind
+    ``dropped``). The caller holds the engine's lock."""
+
+    __slots__ = ("dropped", "kept")
+
+    def __init__(self) -> None:
+        self.kept: deque[tuple[str, str]] = deque()
+        self.dropped = 0
+
+    def push(self, kind: str, cause: str) -> None:
+        if len(self.kept) >= MAX_EVENTS:
+            self.kept.popleft()
+            self.dropped += 1
+        self.kept.append((kind, cause))
+
+    def take(self) -> list[tuple[str, str]]:
+        out = []
+        if self.dropped:
+            out.append(("dropped", f"{self.dropped} older events not kept"))
+            self.dropped = 0
+        out += self.kept
+        self.kept.clear()
+        return out
 
 
 def connect(url: str, connect_timeout: float, socket_timeout: float | None, *, cluster: bool = False) -> Client:

@@ -194,6 +194,7 @@ class WriterEngine:
         self._failed: list[_Run] = []  # runs whose error no one has seen yet
         self._closed = False
         self._stats = {"chunks": 0, "batches": 0, "pipelines": 0, "retries": 0, "errors": 0}
+        self._events = links.Events()  # retries and give-ups with their cause, until the face logs them
         self._thread = threading.Thread(target=self._sender, name="sse-redis-writer", daemon=True)
         self._thread.start()
 
@@ -384,6 +385,12 @@ class WriterEngine:
         with self._cv:
             return dict(self._stats, pending=self._pending, runs=len(self._runs))
 
+    def take_events(self) -> list[tuple[str, str]]:
+        """The retries and give-ups since the last call, oldest first, as
+        ``(kind, cause)``: ``retry``, ``gave_up``, ``dropped`` (events not kept)."""
+        with self._cv:
+            return self._events.take()
+
     def close(self, timeout: float | None = None) -> None:
         """Flush, stop the sender thread, and drop the connection."""
         with self._cv:
@@ -514,6 +521,7 @@ class WriterEngine:
                 if time.monotonic() + delay > deadline or self._closed:
                     return [self._gave_up(exc)] * count
                 with self._cv:
+                    self._events.push("retry", self._cause(exc))
                     self._cv.wait(delay)  # woken early by close
                 delay = min(delay * 2, 1.0)
             except redis.RedisError as exc:
@@ -521,7 +529,17 @@ class WriterEngine:
                     return [_refused_chunk(batches[0], exc)]
                 return [SSERedisError(f"Redis refused a batch: {exc}")] * count
 
+    def _cause(self, exc: BaseException) -> str:
+        """The failure in the words both engines log it with."""
+        if isinstance(exc, redis.TimeoutError) and "replicas" in str(exc):
+            return str(exc)
+        return links.cause(exc, self._socket_timeout)
+
     def _gave_up(self, exc: BaseException) -> SSERedisError:
+        """The error of a pipeline that failed until the retry deadline (an
+        event too, which the face logs)."""
+        with self._cv:
+            self._events.push("gave_up", self._cause(exc))
         if isinstance(exc, redis.exceptions.OutOfMemoryError):
             return SSERedisError(f"Redis refused writes for {self._retry_timeout}s: out of memory (maxmemory): {exc}")
         return RedisUnavailable(f"Redis unreachable for {self._retry_timeout}s: {self._link_error_text(exc)}")

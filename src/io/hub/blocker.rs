@@ -12,7 +12,7 @@ use redis::{Connection, RedisError, Value};
 use super::subscription::{hub_entry, parse_id, HubEntry, SubState};
 use super::{Options, Shared};
 use crate::io::entries::parse_xread;
-use crate::io::links::{is_link_error, redirect};
+use crate::io::links::{cause, is_link_error, redirect};
 
 const XREAD_COUNT: usize = 1000;
 /// Without CLIENT UNBLOCK a new key waits at most this long.
@@ -164,7 +164,11 @@ impl Blocker<'_> {
                 self.con = None; // never reused after a timeout: a late reply would pass for the next one
                 self.forget_node(None); // after a failover, any live node redirects to the owner
                 self.attempt += 1;
-                shared.count(|s| s.reconnects += 1);
+                let why = cause(err, read_timeout(&shared.opts));
+                let mut table = shared.lock();
+                table.stats.reconnects += 1;
+                table.events.push("reconnect", why);
+                drop(table);
                 std::thread::sleep(self.delay);
                 self.delay = (self.delay * 2).min(Duration::from_secs(1));
             }

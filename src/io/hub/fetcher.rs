@@ -11,7 +11,7 @@ use redis::{RedisError, Value};
 use super::subscription::{hub_entry, HubEntry, SubState, Table};
 use super::{blocker, Shared};
 use crate::io::entries::parse_range;
-use crate::io::links::{is_link_error, Link};
+use crate::io::links::{cause, is_link_error, Link};
 
 pub(super) fn run(shared: &Arc<Shared>) {
     let mut con: Option<Link> = None;
@@ -26,6 +26,7 @@ pub(super) fn run(shared: &Arc<Shared>) {
             }
             if std::mem::take(&mut table.relink_query) && con.take().is_some() {
                 table.stats.reconnects += 1;
+                table.events.push("reconnect", "the blocker's link went silent".into());
             }
             table.fetch_queue.pop_front()
         };
@@ -79,6 +80,7 @@ fn round_failed(shared: &Shared, con: &mut Option<Link>, sid: Option<u64>, err: 
     if link {
         *con = None;
         table.stats.reconnects += 1;
+        table.events.push("reconnect", cause(err, shared.opts.socket_timeout));
         drop(table);
         std::thread::sleep(Duration::from_millis(50));
     }

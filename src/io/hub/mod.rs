@@ -275,6 +275,12 @@ impl Hub {
         Stats { subscriptions: table.subs.len() as u64, watched, blockers, ..table.stats.clone() }
     }
 
+    /// The reconnects since the last call, oldest first, as `(kind, cause)`:
+    /// `reconnect`, `dropped` (events not kept).
+    pub fn take_events(&self) -> Vec<(&'static str, String)> {
+        self.shared.lock().events.take()
+    }
+
     pub fn close(&self) {
         let mut table = self.shared.lock();
         if table.closed {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar};
 use super::waker::Waker;
 use super::Stats;
 use crate::io::entries::Entry;
+use crate::io::links::Events;
 
 /// Where a subscription stands, as a poll reports it (the values of
 /// `sse_redis._states.SubState`, which the binding hands to Python).
@@ -139,6 +140,8 @@ pub struct Table {
     pub down_since: Option<std::time::Instant>,
     pub closed: bool,
     pub stats: Stats,
+    /// Reconnects with their cause, until the face logs them.
+    pub events: Events,
 }
 
 impl Table {

@@ -68,6 +68,7 @@ class Shared:
         self.check_interval = check_interval
         self.retry_timeout = retry_timeout
         self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
         self.cluster = cluster
         self.query = links.connect(url, connect_timeout, socket_timeout, cluster=cluster)
         self.tops: Any = None  # tops.lua, registered on first use
@@ -88,6 +89,7 @@ class Shared:
         self.down_since: float | None = None  # when Redis stopped answering
         self.closed = False
         self.stats = {"xreads": 0, "fetches": 0, "unblocks": 0, "checks": 0, "reconnects": 0}
+        self.events = links.Events()  # reconnects with their cause, until the face logs them
 
     def new_id(self) -> int:
         self.next_id += 1
@@ -282,6 +284,12 @@ class ReaderHub:
                 blockers=len(shared.groups),
                 connections=1 + len(shared.groups),
             )
+
+    def take_events(self) -> list[tuple[str, str]]:
+        """The reconnects since the last call, oldest first, as ``(kind,
+        cause)``: ``reconnect``, ``dropped`` (events not kept)."""
+        with self._shared.lock:
+            return self._shared.events.take()
 
     def close(self) -> None:
         shared = self._shared

@@ -121,7 +121,9 @@ def run(shared: Shared, name: str) -> None:
                 if isinstance(exc, redis.TimeoutError):
                     shared.relink_query = True  # silent, not closed: the fetcher's link likely is too
             blocker.attempt += 1
-            shared.count("reconnects")
+            with shared.lock:
+                shared.stats["reconnects"] += 1
+                shared.events.push("reconnect", links.cause(exc, read_timeout(shared)))
             shared.link_failed()
             time.sleep(blocker.delay)
             blocker.delay = min(blocker.delay * 2, 1.0)

@@ -39,15 +39,19 @@ def run(shared: Shared) -> None:
             relink, shared.relink_query = shared.relink_query, False
             sub = shared.fetch_queue.popleft() if shared.fetch_queue else None
         if relink:
-            shared.count("reconnects")
+            with shared.lock:
+                shared.stats["reconnects"] += 1
+                shared.events.push("reconnect", "the blocker's link went silent")
             drop_connections(shared.query)
         try:
             _fetch_round(shared, sub)
             shared.link_ok()
-        except LINK_ERRORS:
+        except LINK_ERRORS as exc:
             # redis-py has dropped the connection (a timeout may leave a
             # reply half read): the next command makes a new one.
-            shared.count("reconnects")
+            with shared.lock:
+                shared.stats["reconnects"] += 1
+                shared.events.push("reconnect", links.cause(exc, shared.socket_timeout))
             shared.link_failed()
             if sub is not None:
                 with shared.lock:
