@@ -41,6 +41,8 @@ READER_KEYS = {
     "reconnects",
     "xreads",
     "connections",
+    "lag_max_s",
+    "lag_p99_s",
 }
 
 
@@ -89,7 +91,7 @@ def test_async_reader_stats(
         writer.write(run, chunk)
     writer.complete(run)
 
-    async def main() -> dict[str, int]:
+    async def main() -> dict[str, float]:
         async with AsyncStreamReader(redis_url, backend=backend) as reader:
             got = [c async for c in reader.read(run, starting_after=1)]
             assert len(got) == 3
@@ -416,3 +418,53 @@ def test_reader_reconnects_are_logged_with_their_cause(
     assert ("reconnect", "connection lost") in logged
     assert {cause for _, cause in logged} <= CAUSES
     assert len(logged) == stats["reconnects"]  # one WARNING per reconnect
+
+
+# -- reader lag ------------------------------------------------------------------
+
+
+def test_reader_lag_is_measured_from_the_stored_timestamp(
+    redis_url: str,
+    backend: str,
+    make_writer: Callable[..., StreamWriter],
+    plain_client: Callable[[str], Any],
+    run_id: Callable[[], str],
+) -> None:
+    writer = make_writer(redis_url)
+    run = run_id()
+    for chunk in chunks(20):
+        writer.write(run, chunk)
+    writer.complete(run)
+    with StreamReader(redis_url, backend=backend) as reader:
+        assert len(list(reader.read(run))) == 21
+        stats = reader.stats()
+        assert 0.0 <= stats["lag_p99_s"] <= stats["lag_max_s"] < 5.0
+        # An entry stored 5 s ago (a timestamp in ms, as append.lua and Letta's module write it).
+        old = run_id()
+        client = plain_client(redis_url)
+        stamp = int(time.time() * 1000) - 5000
+        client.xadd(f"sse:run:{old}", {"seq_id": 1, "data": "data: old\n\n", "timestamp": stamp}, id="0-1")
+        client.xadd(
+            f"sse:run:{old}",
+            {"seq_id": 2, "data": "data: [DONE]\n\n", "timestamp": f"{stamp}.5", "complete": "true"},
+            id="0-2",
+        )
+        assert len(list(reader.read(old))) == 2
+        stats = reader.stats()
+        assert 4.5 <= stats["lag_max_s"] < 15.0
+
+
+def test_a_missing_or_unparsable_timestamp_is_left_out_of_lag(
+    redis_url: str, backend: str, plain_client: Callable[[str], Any], run_id: Callable[[], str]
+) -> None:
+    run = run_id()
+    client = plain_client(redis_url)
+    key = f"sse:run:{run}"
+    client.xadd(key, {"seq_id": 1, "data": "data: 1\n\n"}, id="0-1")
+    for seq, stamp in enumerate(["yesterday", "", "-5", "1e3", "nan", "1."], start=2):
+        client.xadd(key, {"seq_id": seq, "data": f"data: {seq}\n\n", "timestamp": stamp}, id=f"0-{seq}")
+    client.xadd(key, {"seq_id": 8, "data": "data: [DONE]\n\n", "complete": "true"}, id="0-8")
+    with StreamReader(redis_url, backend=backend) as reader:
+        assert len(list(reader.read(run))) == 8
+        stats = reader.stats()
+        assert (stats["chunks"], stats["lag_max_s"], stats["lag_p99_s"]) == (8, 0.0, 0.0)

@@ -95,9 +95,13 @@ def set_event_id(chunk: str, event_id: str) -> str:
 
 # -- engines: I/O on background threads, GIL released while waiting ------------
 
-_Entry: TypeAlias = tuple[str, int, str, bool, bool]  # stub-only: private, so stubtest does not look for it
-"""``(stream entry id, seq_id, data, complete, broken)``; broken: the error
-terminal of a run its writer broke off, after seqs that may be missing."""
+_Entry: TypeAlias = tuple[
+    str, int, str, bool, bool, float | None
+]  # stub-only: private, so stubtest does not look for it
+"""``(stream entry id, seq_id, data, complete, broken, timestamp)``; broken: the
+error terminal of a run its writer broke off, after seqs that may be missing;
+timestamp: when the writer stored it, ms since the epoch (the entry's
+``timestamp`` field; ``None`` when missing or not a decimal number)."""
 
 @final
 class WriterEngine:

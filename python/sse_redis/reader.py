@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,7 +29,7 @@ from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStall
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from 3.11 on; a type-checking import only
 
-    # (id, seq, data, complete, broken): what both hubs queue; stub-only, hence private.
+    # (id, seq, data, complete, broken, timestamp): what both hubs queue; stub-only, hence private.
     from ._core import ReaderHub
     from ._core import _Entry as Entry
 
@@ -35,6 +37,9 @@ PING: Final = ": ping\n\n"
 MAX_CURSOR: Final = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
 
 log: logging.Logger = logging.getLogger("sse_redis.reader")
+
+# How many of the latest delivered chunks the lag figures cover.
+LAG_WINDOW: Final = 1024
 
 # The keys of a reader's stats() that its own face counts; the rest come from the hub.
 _HUB_STATS: Final = ("subscriptions", "catchup_reads", "reconnects", "xreads", "connections")
@@ -50,6 +55,8 @@ class _Counters:
         self.active = 0  # reads not yet over
         self.chunks = 0  # chunks made ready for reads, per batch (pings not counted)
         self.errors = 0  # reads that ended with an error (StreamNotFound, StreamStalled, ...)
+        # Seconds from each chunk's stored timestamp to its hand-over, the latest LAG_WINDOW.
+        self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
 
     def started(self) -> None:
         with self.lock:
@@ -61,13 +68,18 @@ class _Counters:
             self.active -= 1
             self.errors += failed
 
-    def delivered(self, n: int) -> None:
+    def delivered(self, n: int, lags: list[float]) -> None:
         with self.lock:
             self.chunks += n
+            self.lags.extend(lags)
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, float]:
         with self.lock:
-            return {"reads": self.reads, "active_reads": self.active, "chunks": self.chunks, "errors": self.errors}
+            counts = {"reads": self.reads, "active_reads": self.active, "chunks": self.chunks, "errors": self.errors}
+            lags = sorted(self.lags)
+        # p99 by nearest rank: the smallest lag at least 99% of the window do not exceed.
+        p99 = lags[max(math.ceil(0.99 * len(lags)) - 1, 0)] if lags else 0.0
+        return {**counts, "lag_max_s": lags[-1] if lags else 0.0, "lag_p99_s": p99}
 
 
 def _built(engine: _fork.PerProcess) -> Any:
@@ -139,8 +151,10 @@ class _Follow:
     def chunks(self, entries: list[Entry], state: SubState) -> list[str]:
         """SSE chunks for newly queued entries; raises when the read must end badly."""
         out = []
+        lags: list[float] = []
         now = time.monotonic()
-        for _entry_id, seq, data, complete, broken in entries:
+        wall_ms = time.time() * 1000 if entries else 0.0
+        for _entry_id, seq, data, complete, broken, stored_ms in entries:
             self.last_entry = now
             if seq <= self.cursor:
                 if complete and seq < self.cursor:
@@ -161,12 +175,14 @@ class _Follow:
             if data:
                 patched = self.codec.patch_nulls(data, self.run_id, seq)
                 out.append(self.codec.set_event_id(patched, str(seq)) if self.stamp_ids else patched)
+                if stored_ms is not None:
+                    lags.append(max(wall_ms - stored_ms, 0.0) / 1000)
             if complete:
                 self.finished = True
                 break
         if out:
             self.last_sent = now
-            self.counters.delivered(len(out))
+            self.counters.delivered(len(out), lags)
         if self.finished:
             return out
         if state == SubState.PENDING:
@@ -329,7 +345,7 @@ class StreamReader:
             self._counters.ended(failed)
             hub.unsubscribe(sid)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """Counters of this reader in this process (the same keys on both backends):
 
         - ``reads``: reads started; ``active_reads``: reads not over yet;
@@ -342,7 +358,15 @@ class StreamReader:
         - ``catchup_reads``: ``XRANGE`` rounds that caught a read up (resume, a
           new read, a read whose queue filled), ``xreads``: blocking
           ``XREAD`` calls, ``reconnects``: links to Redis made again after a
-          failure, ``connections``: the hub's connections now.
+          failure, ``connections``: the hub's connections now;
+        - ``lag_max_s``, ``lag_p99_s`` (floats, seconds): over the latest
+          ``LAG_WINDOW`` (1,024) chunks handed to reads that carry a stored
+          ``timestamp`` (ms since the epoch, written with each chunk), the
+          largest and the 99th percentile (nearest rank) of the wall-clock
+          time from that timestamp to when the read took the chunk's batch from
+          the hub to yield it; negative (clock skew) counts as 0; 0.0 while
+          the window is empty.  Writer and reader clocks must agree for this to
+          mean anything across hosts.
 
         Reading the stats logs the hub's reconnects since the last drain
         (WARNING, ``sse_redis.reader``).
@@ -492,7 +516,7 @@ class AsyncStreamReader:
             waker.waiting.pop(sid, None)
             hub.unsubscribe(sid)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """``StreamReader.stats`` (no I/O, hence not a coroutine)."""
         return self.sync.stats()
 

@@ -30,7 +30,9 @@ pub struct ReaderHub {
 fn polled<'py>(py: Python<'py>, (entries, state): Polled) -> PyResult<Bound<'py, PyTuple>> {
     let items = entries
         .iter()
-        .map(|e: &Arc<HubEntry>| (e.id.as_str(), e.seq, e.data.as_str(), e.complete, e.broken).into_pyobject(py))
+        .map(|e: &Arc<HubEntry>| {
+            (e.id.as_str(), e.seq, e.data.as_str(), e.complete, e.broken, e.timestamp).into_pyobject(py)
+        })
         .collect::<PyResult<Vec<_>>>()?;
     (PyList::new(py, items)?, sub_state(py, state)?).into_pyobject(py)
 }

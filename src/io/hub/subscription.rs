@@ -56,6 +56,9 @@ pub struct HubEntry {
     /// The error terminal of a run its writer broke off: the seqs before it
     /// may be missing (never stored), which is not a trim.
     pub broken: bool,
+    /// When the writer stored it: the `timestamp` field, in ms since the
+    /// epoch; `None` when missing or not a decimal number.
+    pub timestamp: Option<f64>,
 }
 
 /// A stream entry id as `(ms, seq)`, in the order Redis keeps.
@@ -72,7 +75,19 @@ pub fn hub_entry(e: &Entry) -> Arc<HubEntry> {
         data: e.field("data").unwrap_or("").to_owned(),
         complete: e.is_complete(),
         broken: e.field("broken") == Some("true"),
+        timestamp: e.field("timestamp").and_then(timestamp_ms),
     })
+}
+
+/// A `timestamp` field as ms since the epoch: digits, optionally a point and
+/// more digits (the twin's rule); anything else is no timestamp.
+fn timestamp_ms(text: &str) -> Option<f64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
 /// One reader following one stream key from a cursor.

@@ -4,13 +4,27 @@ get, and the blocker groups."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 
 from ..._states import SubState
 
-# ``(stream entry id, seq_id, data, complete, broken)``
-Entry = tuple[str, int, str, bool, bool]
+# ``(stream entry id, seq_id, data, complete, broken, timestamp)``; timestamp:
+# when the writer stored it, ms since the epoch (``None``: missing or unparsable)
+Entry = tuple[str, int, str, bool, bool, float | None]
+
+# A ``timestamp`` field: digits, optionally a point and more digits (the twin's rule).
+_TIMESTAMP = re.compile(rb"[0-9]+(?:\.[0-9]+)?")
+
+
+def timestamp_ms(raw: bytes | None) -> float | None:
+    """A ``timestamp`` field as ms since the epoch; ``None`` unless it is a
+    decimal number."""
+    if raw is None or _TIMESTAMP.fullmatch(raw) is None:
+        return None
+    value = float(raw)
+    return value if value != float("inf") else None
 
 
 def parse_id(entry_id: str) -> tuple[int, int]:
@@ -20,15 +34,16 @@ def parse_id(entry_id: str) -> tuple[int, int]:
 
 
 def to_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
-    """``(id, seq_id, data, complete, broken)`` of a raw stream entry (broken:
-    the error terminal of a run its writer broke off, after seqs that may be
-    missing because they were never stored)."""
+    """``(id, seq_id, data, complete, broken, timestamp)`` of a raw stream
+    entry (broken: the error terminal of a run its writer broke off, after
+    seqs that may be missing because they were never stored)."""
     try:
         seq = int(fields.get(b"seq_id", b"0"))
     except ValueError:
         seq = 0
     data = fields.get(b"data", b"").decode("utf-8", "replace")
-    return entry_id.decode(), seq, data, fields.get(b"complete") == b"true", fields.get(b"broken") == b"true"
+    complete, broken = fields.get(b"complete") == b"true", fields.get(b"broken") == b"true"
+    return entry_id.decode(), seq, data, complete, broken, timestamp_ms(fields.get(b"timestamp"))
 
 
 class Sub:
