@@ -247,3 +247,30 @@ def test_stall_timer_is_idle_timeout_sync_and_async(backend, dedicated_server, m
     )
     for face, took in (("sync", sync_s), ("async", async_s)):
         assert idle - 0.2 <= took <= 2 * idle, f"{face} read stalled after {took:.2f}s, idle_timeout={idle}"
+
+
+def test_an_outage_costs_no_busy_reconnect_loop(backend, dedicated_server, make_writer, open_reader, run_id):
+    """While Redis is down, the hub's threads pause longer after each failure
+    in a row (up to 1 s), so a 3 s outage costs a handful of reconnects (and
+    WARNINGs), not one every 50 ms; the read still gets every chunk once
+    Redis is back."""
+    server = dedicated_server()
+    writer = make_writer(server.url, retry_timeout=20.0)
+    run = run_id()
+    writer.write(run, payload(1))
+    writer.flush()
+    reader = open_reader(server.url, retry_timeout=20.0, missing_timeout=20.0, idle_timeout=20.0)
+    server.stop()
+    got: list[str] = []
+    follower = Background(lambda: got.extend(reader.read(run)), "reader")
+    time.sleep(3.0)
+    reconnects = reader.hub.stats()["reconnects"]
+    server.start()  # no data kept: the run is written again from seq 1
+    writer.delete(run)
+    for i in range(1, 4):
+        writer.write(run, payload(i))
+    writer.complete(run)
+    follower.join()
+    assert [seq_of(c) for c in got] == [1, 2, 3, 4]
+    # 50 ms pauses would be ~60 in 3 s; doubling up to 1 s gives about 7 a thread.
+    assert reconnects <= 20, reconnects

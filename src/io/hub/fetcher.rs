@@ -13,8 +13,15 @@ use super::{blocker, Shared};
 use crate::io::entries::parse_range;
 use crate::io::links::{cause, is_link_error, Link};
 
+/// The fetcher's first pause after a failed round; it doubles per failure in a
+/// row up to `MAX_PAUSE` (an outage costs neither a busy loop nor a flood of
+/// reconnect warnings) and starts again after a round that worked.
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
 pub(super) fn run(shared: &Arc<Shared>) {
     let mut con: Option<Link> = None;
+    let mut pause = FIRST_PAUSE;
     loop {
         let sid = {
             let mut table = shared.lock();
@@ -31,8 +38,16 @@ pub(super) fn run(shared: &Arc<Shared>) {
             table.fetch_queue.pop_front()
         };
         match fetch_round(shared, &mut con, sid) {
-            Ok(()) => shared.link_ok(),
-            Err(err) => round_failed(shared, &mut con, sid, &err),
+            Ok(()) => {
+                shared.link_ok();
+                pause = FIRST_PAUSE;
+            }
+            Err(err) => {
+                if round_failed(shared, &mut con, sid, &err) {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+            }
         }
     }
     release_blockers(shared, con.as_mut());
@@ -62,8 +77,9 @@ fn fetch_round(shared: &Arc<Shared>, con: &mut Option<Link>, sid: Option<u64>) -
 
 /// A broken link is dropped (a timeout may leave a reply half read: never
 /// reused) and the subscription fetched again; a refused command means the
-/// key is not a stream any more (WRONGTYPE): nothing to follow.
-fn round_failed(shared: &Shared, con: &mut Option<Link>, sid: Option<u64>, err: &RedisError) {
+/// key is not a stream any more (WRONGTYPE): nothing to follow. Returns
+/// whether the link failed (the caller pauses before the next round).
+fn round_failed(shared: &Shared, con: &mut Option<Link>, sid: Option<u64>, err: &RedisError) -> bool {
     let link = is_link_error(err);
     if link {
         shared.link_failed();
@@ -81,9 +97,8 @@ fn round_failed(shared: &Shared, con: &mut Option<Link>, sid: Option<u64>, err: 
         *con = None;
         table.stats.reconnects += 1;
         table.events.push("reconnect", cause(err, shared.opts.socket_timeout));
-        drop(table);
-        std::thread::sleep(Duration::from_millis(50));
     }
+    link
 }
 
 /// Lets blocked XREADs go now rather than at their timeout (the hub closes).

@@ -29,7 +29,15 @@ def drop_connections(client: links.Client) -> None:
         links.cluster_calls(client).disconnect_connection_pools()
 
 
+# The fetcher's first pause after a failed round; it doubles per failure in a
+# row up to MAX_PAUSE (an outage costs neither a busy loop nor a flood of
+# reconnect warnings) and starts again after a round that worked.
+FIRST_PAUSE = 0.05
+MAX_PAUSE = 1.0
+
+
 def run(shared: Shared) -> None:
+    pause = FIRST_PAUSE
     while True:
         with shared.lock:
             while not shared.fetch_queue and not shared.unblock_wanted and not shared.closed:
@@ -46,6 +54,7 @@ def run(shared: Shared) -> None:
         try:
             _fetch_round(shared, sub)
             shared.link_ok()
+            pause = FIRST_PAUSE
         except LINK_ERRORS as exc:
             # redis-py has dropped the connection (a timeout may leave a
             # reply half read): the next command makes a new one.
@@ -57,7 +66,8 @@ def run(shared: Shared) -> None:
                 with shared.lock:
                     sub.fetching = False
                     shared.queue_fetch(sub)
-            time.sleep(0.05)
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE)
         except redis.ResponseError:
             if sub is not None:
                 with shared.lock:
