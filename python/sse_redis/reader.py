@@ -19,11 +19,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _backend, _events, _fork
+from . import _events, _fork
 from . import keys as _keys
+from ._binding import bind
 from ._options import NO_LIMIT, ReaderOptions, same_parameters, seconds
 from ._states import SubState
-from .connection import redact, resolve_target
+from .connection import redact
 from .errors import RedisUnavailable, SSERedisError, StreamNotFound, StreamStalled, StreamTrimmed
 
 if TYPE_CHECKING:
@@ -254,11 +255,10 @@ class StreamReader:
             check_interval=check_interval,
             retry_timeout=retry_timeout,
         )
-        self._url, cluster = resolve_target(redis, cluster, backend)
-        self.cluster: bool = cluster
-        self._key = _keys.resolve(keys, cluster=self.cluster)
-        self._module = _backend.module(backend)
-        self.backend: str = backend or _backend.BACKEND
+        bound = bind(redis, cluster=cluster, keys=keys, backend=backend)
+        self._url, self._key, self._module = bound.url, bound.key, bound.module
+        self.cluster: bool = bound.cluster
+        self.backend: str = bound.backend
         self.idle_timeout: float = self.options.idle_timeout
         self.missing_timeout: float = self.options.missing_timeout
         self.ping_interval: float | None = self.options.ping_interval

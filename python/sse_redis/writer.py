@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _backend, _events, _fork
 from . import keys as _keys
+from ._binding import bind
 from ._options import WriterOptions, same_parameters, seconds, wait_seconds
-from .connection import redact, resolve_target
+from .connection import redact
 from .errors import RunClosedError, SSERedisError, WriteTimeout
 
 if TYPE_CHECKING:
@@ -99,11 +100,10 @@ class StreamWriter:
             wait_timeout=wait_timeout,
             max_chunk_bytes=max_chunk_bytes,
         )
-        self._url, cluster = resolve_target(redis, cluster, backend)
-        self.cluster: bool = cluster
-        self._key = _keys.resolve(keys, cluster=self.cluster)
-        self._module = _backend.module(backend)
-        self.backend: str = backend or _backend.BACKEND
+        bound = bind(redis, cluster=cluster, keys=keys, backend=backend)
+        self._url, self._key, self._module = bound.url, bound.key, bound.module
+        self.cluster: bool = bound.cluster
+        self.backend: str = bound.backend
         self.flush_interval: float = self.options.flush_interval
         self._write_timeout = self.options.write_timeout
         self._options = self.options.engine(self.cluster)
