@@ -37,7 +37,14 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # opentelemetry-api is optional: its types only for checkers
+    from contextvars import Token
+
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import Histogram
+    from opentelemetry.trace import Span, Tracer
 
 __all__ = ["disable", "enable", "enabled", "register", "unregister"]
 
@@ -54,7 +61,7 @@ class _Telemetry:
         from . import __version__
 
         self.trace = trace
-        self.tracer = trace.get_tracer("sse_redis", __version__, tracer_provider=tracer_provider)
+        self.tracer: Tracer = trace.get_tracer("sse_redis", __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter("sse_redis", __version__, meter_provider=meter_provider)
 
         def observe(kind: str, key: str, operation: str) -> Any:
@@ -87,7 +94,7 @@ class _Telemetry:
             unit="{message}",
             description="Number of messages that were delivered to the application (chunks read).",
         )
-        self.process_duration = meter.create_histogram(
+        self.process_duration: Histogram = meter.create_histogram(
             "messaging.process.duration", unit="s", description="Duration of processing operation (one run)."
         )
 
@@ -150,7 +157,7 @@ class RunSpan:
         self.telemetry = telemetry
         self.context = context
         trace = telemetry.trace
-        self.span = telemetry.tracer.start_span(
+        self.span: Span = telemetry.tracer.start_span(
             "process_stream",
             kind=trace.SpanKind.CONSUMER,
             attributes={
@@ -160,8 +167,8 @@ class RunSpan:
                 "sse_redis.run_id": run_id,
             },
         )
-        self.token = context.attach(trace.set_span_in_context(self.span))
-        self.started = time.monotonic()
+        self.token: Token[Context] = context.attach(trace.set_span_in_context(self.span))
+        self.started: float = time.monotonic()
 
     def end(self, status: str, stop_reason: str | None, error: BaseException | None) -> None:
         from opentelemetry.trace import Status, StatusCode
