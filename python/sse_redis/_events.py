@@ -16,8 +16,6 @@ import time
 import weakref
 from typing import Protocol
 
-from . import _fork
-
 # How often the drain thread looks, in seconds.
 INTERVAL = 1.0
 
@@ -41,12 +39,6 @@ class _Engine(Protocol):
 _sources: weakref.WeakSet[_Source] = weakref.WeakSet()
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
-
-
-def built(engine: _fork.PerProcess) -> _Engine | None:
-    """This process's engine if it was built, else ``None`` (never builds one)."""
-    value: _Engine | None = engine._value if engine._generation == _fork.generation else None
-    return value
 
 
 def log(logger: logging.Logger, engine: _Engine | None) -> None:

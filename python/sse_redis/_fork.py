@@ -46,6 +46,11 @@ class PerProcess:
                     self._generation = generation
         return self._value
 
+    def built(self) -> Any:
+        """This process's engine if it was built, else ``None``: never builds one
+        (what stats and event logging look at)."""
+        return self._value if self._generation == generation else None
+
     def take(self) -> Any:
         """This process's engine, if built, forgetting it (to close it); ``None`` otherwise."""
         value, self._value = self._value, None

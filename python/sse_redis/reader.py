@@ -83,11 +83,6 @@ class _Counters:
         return {**counts, "lag_max_s": lags[-1] if lags else 0.0, "lag_p99_s": p99}
 
 
-def _built(engine: _fork.PerProcess) -> Any:
-    """This process's engine if it was built, else ``None`` (stats never start a hub)."""
-    return engine._value if engine._generation == _fork.generation else None
-
-
 def _hub_stats(hub: ReaderHub | None) -> dict[str, int]:
     """The hub's counters under the reader's names (zeros before the hub exists)."""
     if hub is None:
@@ -279,7 +274,7 @@ class StreamReader:
     def _log_events(self) -> None:
         """Log the hub's reconnects since the last drain (WARNING)."""
         if not self._closed:
-            _events.log(log, _events.built(self._hub))
+            _events.log(log, self._hub.built())
 
     @property
     def hub(self) -> ReaderHub:
@@ -373,7 +368,7 @@ class StreamReader:
 
         No I/O: the hub's numbers are read under its lock.
         """
-        hub = None if self._closed else _built(self._hub)
+        hub = None if self._closed else self._hub.built()
         _events.log(log, hub)
         return {**self._counters.snapshot(), **_hub_stats(hub)}
 

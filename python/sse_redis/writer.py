@@ -122,7 +122,7 @@ class StreamWriter:
     def _log_events(self) -> None:
         """Log the engine's retries and give-ups since the last drain (WARNING)."""
         if not self._closed:
-            _events.log(log, _events.built(self._engine))
+            _events.log(log, self._engine.built())
 
     @property
     def engine(self) -> WriterEngine:
