@@ -146,9 +146,12 @@ class WriterEngine:
 
 @final
 class ReaderHub:
-    """Subscriptions fed by a fetcher (catch-up ``XRANGE``) and a blocker (one
-    ``XREAD BLOCK`` over every watched key); two connections in all on one
-    server, one blocker per slot group (hash tag) on a cluster.  A poll
+    """Subscriptions fed by a fetcher (pipelined catch-up ``XRANGE``), told
+    when to fetch by a listener (the notices of this library's writers:
+    ``delivery="notify"``), and fed by a blocker (one ``XREAD BLOCK`` over
+    every watched key) for streams written by anything else, or every stream
+    with ``delivery="xread"``; one listener and one blocker at most on one
+    server, one of each per slot group (hash tag) on a cluster.  A poll
     reports the subscription's state, a ``SubState`` (``pending``, ``ok``,
     ``missing``, ``done``, ``gone``, ``down``; see ``docs/glossary.md``)."""
 
@@ -164,6 +167,7 @@ class ReaderHub:
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
         cluster: bool = False,
+        delivery: str = "notify",
     ) -> ReaderHub: ...
     def subscribe(self, key: str, after_seq: int, waker: int | None = None) -> int: ...
     def unsubscribe(self, sid: int) -> None: ...
@@ -177,5 +181,7 @@ class ReaderHub:
     def stats(self) -> dict[str, int]: ...
     def take_events(self) -> list[tuple[str, str]]:
         """Reconnects since the last call, oldest first, as ``(kind, cause)``:
-        ``reconnect``, ``dropped`` (events not kept)."""
+        ``reconnect``, ``notices_refused`` (this user may not subscribe: XREAD
+        for every stream), ``notices_missed`` (streams grew without notices in
+        two safety checks in a row), ``dropped`` (events not kept)."""
     def close(self) -> None: ...

@@ -24,6 +24,8 @@ _WORDS = {
     "retry": "Redis pipeline retried",
     "gave_up": "Redis pipeline failed for retry_timeout; its chunks are not stored",
     "reconnect": "reader hub link to Redis remade",
+    "notices_refused": "reader hub may not subscribe to notices",
+    "notices_missed": "reader hub found notices missing",
     "dropped": "engine events not logged",
 }
 

@@ -80,6 +80,17 @@ def _count(name: str, value: Any, minimum: int, alternative: str) -> int:
     return value
 
 
+# How a reader's hub learns of new entries (the engines' ``ReaderHub(delivery=)``).
+DELIVERIES = ("notify", "xread")
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``choices``, else a ``ValueError`` naming them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    return value
+
+
 def engine_seconds(value: float) -> float:
     """A checked duration as an engine takes it: no limit held at ``NO_LIMIT``."""
     return min(value, NO_LIMIT)
@@ -158,6 +169,7 @@ class ReaderOptions:
     ping_interval: float | None
     check_interval: float
     retry_timeout: float
+    delivery: str
 
     @classmethod
     def checked(
@@ -170,6 +182,7 @@ class ReaderOptions:
         ping_interval: Any,
         check_interval: Any,
         retry_timeout: Any,
+        delivery: Any = "notify",
     ) -> ReaderOptions:
         return cls(
             batch_size=count("batch_size", batch_size),
@@ -179,6 +192,7 @@ class ReaderOptions:
             ping_interval=optional_seconds("ping_interval", ping_interval, zero=False),
             check_interval=seconds("check_interval", check_interval, zero=False),
             retry_timeout=seconds("retry_timeout", retry_timeout, unlimited=True),
+            delivery=choice("delivery", delivery, DELIVERIES),
         )
 
     def hub(self, cluster: bool) -> dict[str, Any]:
@@ -189,4 +203,5 @@ class ReaderOptions:
             check_interval=self.check_interval,
             retry_timeout=engine_seconds(self.retry_timeout),
             cluster=cluster,
+            delivery=self.delivery,
         )

@@ -216,14 +216,19 @@ class _Follow:
 
 
 class StreamReader:
-    """Reads runs' SSE chunks from Redis, pushed (``XREAD BLOCK``), never polled.
+    """Reads runs' SSE chunks from Redis, pushed, never polled.
 
     Make one per process and share it: all its reads share one hub, i.e. two
-    Redis connections, however many readers.  ``keys`` must match the writer's.
-    On a cluster (``cluster=True``, or a ``RedisCluster`` client) the hub
-    blocks once per slot group that has readers: one connection per
-    ``ClusterKeyLayout`` bucket (the default layout there), plus the query
-    client's connections to the nodes.
+    Redis connections, however many readers: one range-reads, one listens
+    for the notices this library's writers publish per stored batch
+    (``delivery="notify"``, the default).  A stream written by anything else
+    (no ``writer`` field), or not written yet, is followed by a blocking
+    ``XREAD`` on a third; ``delivery="xread"`` follows every stream that way
+    (the way before notices: its cost grows with the streams followed).
+    ``keys`` must match the writer's.  On a cluster (``cluster=True``, or a
+    ``RedisCluster`` client) the hub listens (and blocks) once per slot group
+    that has readers: one connection per ``ClusterKeyLayout`` bucket (the
+    default layout there), plus the query client's connections to the nodes.
     """
 
     def __init__(
@@ -238,6 +243,7 @@ class StreamReader:
         queue_size: int = 256,
         check_interval: float = 10.0,
         retry_timeout: float = 30.0,
+        delivery: str = "notify",
         cluster: bool | None = None,
         backend: str | None = None,
     ) -> None:
@@ -249,6 +255,7 @@ class StreamReader:
             ping_interval=ping_interval,
             check_interval=check_interval,
             retry_timeout=retry_timeout,
+            delivery=delivery,
         )
         bound = bind(redis, cluster=cluster, keys=keys, backend=backend)
         self._url, self._key, self._module = bound.url, bound.key, bound.module

@@ -12,7 +12,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::io::tcp::TcpSettings;
 use redis::{
     Client, ClientTlsConfig, Cmd, Connection, ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo,
-    RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, Value,
+    ProtocolVersion, RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, Value,
 };
 
 /// Why a URL names no Redis the engines can reach. No variant quotes any
@@ -102,6 +102,43 @@ impl Target {
                     }
                 };
                 Ok((connect(&cluster.node_client(Some(&node))?, connect_timeout, read_timeout)?, Some(node)))
+            }
+        }
+    }
+
+    /// A RESP3 connection for a listener (pushes arrive as push frames, apart
+    /// from replies): to the single server, or to the cluster node `node`,
+    /// else the `attempt`-th known node. Returns the node it reached.
+    pub fn connect_listener(
+        &self,
+        node: Option<&str>,
+        attempt: usize,
+        connect_timeout: Duration,
+        read_timeout: Option<Duration>,
+    ) -> RedisResult<(Connection, Option<String>)> {
+        let resp3 = |info: &ConnectionInfo| {
+            info.clone().set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3))
+        };
+        match self {
+            Target::Single(endpoint) => {
+                let client =
+                    client(&resp3(&endpoint.info), endpoint.certs.as_ref(), endpoint.accept_invalid_hostnames)?;
+                let mut con = connect(&client, connect_timeout, read_timeout)?;
+                if let Some(name) = &endpoint.client_name {
+                    redis::cmd("CLIENT").arg("SETNAME").arg(name).exec(&mut con)?;
+                }
+                Ok((con, None))
+            }
+            Target::Cluster(cluster) => {
+                let node = match node {
+                    Some(node) => node.to_owned(),
+                    None => {
+                        let nodes = cluster.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                        nodes[attempt % nodes.len()].clone()
+                    }
+                };
+                let client = client(&resp3(&cluster.node_info(&node)?), cluster.seed.certs.as_ref(), false)?;
+                Ok((connect(&client, connect_timeout, read_timeout)?, Some(node)))
             }
         }
     }

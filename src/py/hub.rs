@@ -7,7 +7,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use std::sync::Arc;
 
 use super::args::{opt_seconds, seconds};
-use crate::io::hub::{Hub, HubEntry, Options, Polled, SubState};
+use crate::io::hub::{Delivery, Hub, HubEntry, Options, Polled, SubState};
 
 /// The members of `sse_redis._states.SubState`, in `SubState::ALL` order:
 /// a poll reports the same objects as the pure hub's.
@@ -42,7 +42,7 @@ impl ReaderHub {
     #[new]
     #[pyo3(signature = (url, *, queue_size = 256, batch_size = 100, block_ms = None,
                         check_interval = 10.0, retry_timeout = 30.0, connect_timeout = 5.0,
-                        socket_timeout = 10.0, cluster = false))]
+                        socket_timeout = 10.0, cluster = false, delivery = "notify"))]
     #[allow(clippy::too_many_arguments)] // mirrors the pure twin's keyword arguments
     fn new(
         url: &str,
@@ -54,7 +54,15 @@ impl ReaderHub {
         connect_timeout: f64,
         socket_timeout: f64,
         cluster: bool,
+        delivery: &str,
     ) -> PyResult<Self> {
+        let delivery = match delivery {
+            "notify" => Delivery::Notify,
+            "xread" => Delivery::Xread,
+            other => {
+                return Err(PyValueError::new_err(format!("delivery must be one of notify, xread, not '{other}'")))
+            }
+        };
         let opts = Options {
             queue_size,
             batch_size,
@@ -64,6 +72,7 @@ impl ReaderHub {
             retry_timeout: seconds(retry_timeout, "retry_timeout")?,
             connect_timeout: seconds(connect_timeout, "connect_timeout")?,
             socket_timeout: seconds(socket_timeout, "socket_timeout")?,
+            delivery,
         };
         if queue_size == 0 || batch_size == 0 {
             return Err(PyValueError::new_err("queue_size and batch_size must be positive"));
@@ -113,10 +122,15 @@ impl ReaderHub {
             ("unblocks", s.unblocks),
             ("checks", s.checks),
             ("reconnects", s.reconnects),
+            ("notices", s.notices),
+            ("probes", s.probes),
+            ("missed", s.missed),
             ("subscriptions", s.subscriptions),
             ("watched", s.watched),
+            ("listened", s.listened),
             ("blockers", s.blockers),
-            ("connections", 1 + s.blockers),
+            ("listeners", s.listeners),
+            ("connections", 1 + s.blockers + s.listeners),
         ] {
             dict.set_item(name, value)?;
         }

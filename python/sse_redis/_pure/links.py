@@ -186,17 +186,19 @@ def number_connections(client: redis.Redis) -> None:
 
 
 def connect_node(
-    url: str, node: str | None, connect_timeout: float, socket_timeout: float | None = None
+    url: str, node: str | None, connect_timeout: float, socket_timeout: float | None = None, *, single: bool = True
 ) -> redis.Redis:
     """One connection for blocking reads (no read timeout unless
     ``socket_timeout``): to ``url``'s server, or to the cluster node ``node``
-    (``host:port``) with ``url``'s credentials and client settings."""
+    (``host:port``) with ``url``'s credentials and client settings.  With
+    ``single=False`` it connects only when used (a ``pubsub()`` of it takes
+    the one connection)."""
     settings = _settings(url)
     if node is not None:
         parts = urlsplit(url)
         auth = parts.netloc.rpartition("@")[0]
         url = urlunsplit(parts._replace(netloc=f"{auth}@{node}" if auth else node))
-    return _server(url, connect_timeout, socket_timeout, settings, single_connection_client=True)
+    return _server(url, connect_timeout, socket_timeout, settings, single_connection_client=single)
 
 
 class _ClusterCalls(Protocol):

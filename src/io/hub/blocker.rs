@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, Value};
 
 use super::subscription::{hub_entry, parse_id, HubEntry, SubState};
-use super::{Options, Shared};
+use super::{Delivery, Options, Shared};
 use crate::io::entries::parse_xread;
 use crate::io::links::{cause, is_link_error, redirect};
 
@@ -18,11 +18,11 @@ const XREAD_COUNT: usize = 1000;
 /// Without CLIENT UNBLOCK a new key waits at most this long.
 const SHORT_BLOCK_MS: u64 = 250;
 /// While a slot migrates, its keys are read by the fetcher this often.
-const MIGRATING_POLL: Duration = Duration::from_millis(20);
+pub(super) const MIGRATING_POLL: Duration = Duration::from_millis(20);
 /// A blocking read's reply this late (past its block time) means a dead link.
 const LIVENESS_MARGIN: Duration = Duration::from_secs(5);
 
-static TOPS_SCRIPT: std::sync::LazyLock<redis::Script> =
+pub(super) static TOPS_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("../../../python/sse_redis/tops.lua")));
 
 /// A blocker thread for a new group (on a cluster it ends once its group has
@@ -157,8 +157,10 @@ impl Blocker<'_> {
             None if err.code() == Some("TRYAGAIN") => migrating(shared, self.name),
             None if is_link_error(err) => {
                 if err.is_timeout() {
-                    // Silent, not closed: the fetcher's link likely is too.
-                    shared.lock().relink_query = true;
+                    // Silent, not closed: the fetcher's link likely is too, and the listeners'.
+                    let mut table = shared.lock();
+                    table.relink_query = true;
+                    table.probe_asked += 1;
                 }
                 shared.link_failed();
                 self.con = None; // never reused after a timeout: a late reply would pass for the next one
@@ -228,23 +230,32 @@ fn learn_unblock(shared: &Shared, con: &mut Connection) -> Result<i64, RedisErro
 }
 
 /// Hands the entries of an `XREAD` reply to the live subscriptions of each
-/// key; a slow one (queue full) goes back to the fetcher.
+/// key; a slow one (queue full) goes back to the fetcher, and so does every
+/// one of a key whose stream turns out to be written by this library (it was
+/// missing when it went live): its writers' notices follow it now.
 fn fan_out(shared: &Shared, name: &str, reply: &Value) {
     let streams = parse_xread(reply);
     if streams.is_empty() {
         return;
     }
     let mut table = shared.lock();
+    let notify = shared.opts.delivery == Delivery::Notify && !table.notices_refused;
     for (key, raw) in streams {
         let entries: Vec<Arc<HubEntry>> = raw.iter().map(hub_entry).collect();
         let Some(newest) = entries.last() else { continue };
-        let Some(position) = table.groups.get_mut(name).and_then(|g| g.keys.get_mut(&key)) else { continue };
+        let Some(group) = table.groups.get_mut(name) else { continue };
+        let Some(position) = group.keys.get_mut(&key) else { continue };
         *position = newest.order;
+        let to_notices = notify && newest.ours;
+        if to_notices {
+            group.keys.remove(&key);
+        }
+        table.ours.insert(key.clone(), newest.ours);
         for sid in table.following(&key) {
             if !table.subs.get(&sid).is_some_and(|s| s.live) {
                 continue;
             }
-            if !shared.push(&mut table, sid, &entries) {
+            if !shared.push(&mut table, sid, &entries) || to_notices {
                 if let Some(sub) = table.subs.get_mut(&sid) {
                     sub.live = false; // slow: the fetcher feeds it as it drains
                 }

@@ -1,17 +1,20 @@
 //! The fetcher thread (twin of `python/sse_redis/_pure/hub/fetcher.py`): it
 //! catches subscriptions up with `XRANGE (last +` on the query connection,
-//! as far as each one's queue has room, then hands them to a blocker (live),
-//! and restarts a blocker's `XREAD` when its group gained keys.
+//! many in one pipeline, as far as each one's queue has room, then hands them
+//! to a listener or a blocker (live); it restarts a blocker's `XREAD` when its
+//! group gained keys, and runs the safety check of the keys followed by
+//! notice.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{RedisError, Value};
 
-use super::subscription::{hub_entry, HubEntry, SubState, Table};
-use super::{blocker, Shared};
+use super::subscription::{hub_entry, parse_id, HubEntry, SubState, Table};
+use super::{blocker, listener, Delivery, Shared};
 use crate::io::entries::parse_range;
-use crate::io::links::{cause, is_link_error, Link};
+use crate::io::links::{cause, is_link_error, redirect, Link};
 
 /// The fetcher's first pause after a failed round; it doubles per failure in a
 /// row up to `MAX_PAUSE` (an outage costs neither a busy loop nor a flood of
@@ -22,11 +25,20 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 pub(super) fn run(shared: &Arc<Shared>) {
     let mut con: Option<Link> = None;
     let mut pause = FIRST_PAUSE;
+    let mut next_check = Instant::now() + shared.opts.check_interval;
+    // Listen sets whose slot moves: checked every MIGRATING_POLL.
+    let mut migrating: HashSet<String> = HashSet::new();
+    let mut next_poll = Instant::now();
     loop {
-        let sid = {
+        let batch: Vec<u64> = {
             let mut table = shared.lock();
             while table.fetch_queue.is_empty() && !table.unblock_wanted && !table.closed {
-                table = shared.wait(table);
+                let wake = if migrating.is_empty() { next_check } else { next_check.min(next_poll) };
+                let left = wake.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                table = Shared::wait_on(&shared.changed, table, Some(left));
             }
             if table.closed {
                 break;
@@ -35,15 +47,31 @@ pub(super) fn run(shared: &Arc<Shared>) {
                 table.stats.reconnects += 1;
                 table.events.push("reconnect", "the blocker's link went silent".into());
             }
-            table.fetch_queue.pop_front()
+            let n = table.fetch_queue.len().min(FETCH_BATCH);
+            table.fetch_queue.drain(..n).collect()
         };
-        match fetch_round(shared, &mut con, sid) {
-            Ok(()) => {
-                shared.link_ok();
-                pause = FIRST_PAUSE;
+        let round = fetch_round(shared, &mut con, &batch).and_then(|mut asked| {
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + shared.opts.check_interval;
+                let (moving, checked) = safety_check(shared, link(shared, &mut con)?, None)?;
+                (migrating, asked) = (moving, asked || checked);
+                next_poll = Instant::now() + blocker::MIGRATING_POLL;
+            } else if !migrating.is_empty() && Instant::now() >= next_poll {
+                migrating = safety_check(shared, link(shared, &mut con)?, Some(&migrating))?.0;
+                next_poll = Instant::now() + blocker::MIGRATING_POLL;
+            }
+            Ok(asked)
+        });
+        match round {
+            Ok(asked) => {
+                if asked {
+                    // Redis answered (a round with nothing to do proves nothing).
+                    shared.link_ok();
+                    pause = FIRST_PAUSE;
+                }
             }
             Err(err) => {
-                if round_failed(shared, &mut con, sid, &err) {
+                if round_failed(shared, &mut con, &batch, &err) {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(MAX_PAUSE);
                 }
@@ -53,15 +81,24 @@ pub(super) fn run(shared: &Arc<Shared>) {
     release_blockers(shared, con.as_mut());
 }
 
-/// One catch-up (if `sid`), then the unblock the catch-ups asked for.
-fn fetch_round(shared: &Arc<Shared>, con: &mut Option<Link>, sid: Option<u64>) -> Result<(), RedisError> {
+/// The most subscriptions one round catches up (one pipeline: a round trip
+/// per server for all of them).
+const FETCH_BATCH: usize = 256;
+
+/// The query connection, made when there is none.
+fn link<'c>(shared: &Shared, con: &'c mut Option<Link>) -> Result<&'c mut Link, RedisError> {
     let opts = &shared.opts;
-    let con = match con {
-        Some(con) => con,
-        None => con.insert(shared.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?),
-    };
-    if let Some(sid) = sid {
-        catch_up(shared, con, sid)?;
+    match con {
+        Some(con) => Ok(con),
+        None => Ok(con.insert(shared.target.connect(opts.connect_timeout, Some(opts.socket_timeout))?)),
+    }
+}
+
+/// The batch's catch-ups, then the unblock the catch-ups asked for; whether
+/// it sent Redis anything.
+fn fetch_round(shared: &Arc<Shared>, con: &mut Option<Link>, batch: &[u64]) -> Result<bool, RedisError> {
+    if !batch.is_empty() {
+        catch_up(shared, link(shared, con)?, batch)?;
     }
     // Catch-ups first, then one unblock for all the keys they added
     // (an unblock per key would re-send a growing XREAD each time).
@@ -70,32 +107,33 @@ fn fetch_round(shared: &Arc<Shared>, con: &mut Option<Link>, sid: Option<u64>) -
         table.unblock_wanted && table.fetch_queue.is_empty()
     };
     if unblock {
-        unblock_blockers(shared, con)?;
+        unblock_blockers(shared, link(shared, con)?)?;
     }
-    Ok(())
+    Ok(!batch.is_empty() || unblock)
 }
 
 /// A broken link is dropped (a timeout may leave a reply half read: never
-/// reused) and the subscription fetched again; a refused command means the
-/// key is not a stream any more (WRONGTYPE): nothing to follow. Returns
-/// whether the link failed (the caller pauses before the next round).
-fn round_failed(shared: &Shared, con: &mut Option<Link>, sid: Option<u64>, err: &RedisError) -> bool {
+/// reused) and the batch fetched again. Returns whether the link failed (the
+/// caller pauses before the next round).
+fn round_failed(shared: &Shared, con: &mut Option<Link>, batch: &[u64], err: &RedisError) -> bool {
     let link = is_link_error(err);
     if link {
         shared.link_failed();
     }
     let mut table = shared.lock();
-    if let Some((sid, sub)) = sid.and_then(|sid| table.subs.get_mut(&sid).map(|sub| (sid, sub))) {
+    for &sid in batch {
+        let Some(sub) = table.subs.get_mut(&sid) else { continue };
         sub.fetching = false;
         if link {
             shared.queue_fetch(&mut table, sid);
         } else {
-            table.set_state(sid, SubState::Gone);
+            table.set_state(sid, SubState::Gone); // refused as a whole: not streams (WRONGTYPE)
         }
     }
     if link {
         *con = None;
         table.stats.reconnects += 1;
+        table.probe_asked += 1; // the listeners' links may be as dead
         table.events.push("reconnect", cause(err, shared.opts.socket_timeout));
     }
     link
@@ -112,28 +150,84 @@ fn release_blockers(shared: &Shared, con: Option<&mut Link>) {
     }
 }
 
-/// What a catch-up read: the entries after the cursor and, on a first fetch
-/// that found none, the stream's top entry (`Some(None)`: no stream).
-struct Fetched {
-    entries: Vec<Arc<HubEntry>>,
+/// One subscription's catch-up: what it asks for, then where its replies are.
+struct Plan {
+    sid: u64,
+    key: String,
     count: usize,
-    top: Option<Option<Arc<HubEntry>>>,
+    /// Its XRANGE's place in the pipeline.
+    range_at: Option<usize>,
+    /// Its XREVRANGE's (a first fetch).
+    top_at: Option<usize>,
 }
 
-fn catch_up(shared: &Arc<Shared>, con: &mut Link, sid: u64) -> Result<(), RedisError> {
-    let (key, start, first, room) = {
-        let table = shared.lock();
-        let Some(sub) = table.subs.get(&sid) else { return Ok(()) };
-        let start = format!("({}-{}", sub.last.0, sub.last.1);
-        (sub.key.clone(), start, !sub.fetched_once, shared.opts.queue_size.saturating_sub(sub.queue.len()))
-    };
-    let fetched = fetch(shared, con, &key, &start, first, room)?;
+/// Range-reads every subscription of `batch` in one pipeline (`XRANGE (last
+/// +`, no more than its queue has room for; and the top entry for a first
+/// fetch, to tell a missing stream, a finished one and one lost below the
+/// cursor apart), then hands each its entries.
+fn catch_up(shared: &Arc<Shared>, con: &mut Link, batch: &[u64]) -> Result<(), RedisError> {
+    let mut plans = Vec::with_capacity(batch.len());
+    let mut cmds = Vec::new();
+    {
+        let mut table = shared.lock();
+        for &sid in batch {
+            let Some(sub) = table.subs.get_mut(&sid) else { continue };
+            sub.again = false; // a notice from now on asks for one more fetch
+            let count = shared.opts.batch_size.min(shared.opts.queue_size.saturating_sub(sub.queue.len()));
+            let mut plan = Plan { sid, key: sub.key.clone(), count, range_at: None, top_at: None };
+            if count > 0 {
+                plan.range_at = Some(cmds.len());
+                let start = format!("({}-{}", sub.last.0, sub.last.1);
+                cmds.push(redis::cmd("XRANGE").arg(&sub.key).arg(start).arg("+").arg("COUNT").arg(count).clone());
+            }
+            if !sub.fetched_once {
+                plan.top_at = Some(cmds.len());
+                cmds.push(redis::cmd("XREVRANGE").arg(&sub.key).arg("+").arg("-").arg("COUNT").arg(1).clone());
+            }
+            plans.push(plan);
+        }
+    }
+    let replies = if cmds.is_empty() { Vec::new() } else { con.pipeline(cmds)? };
+    if let Some(Err(err)) = replies.iter().find(|r| matches!(r, Err(e) if is_link_error(e))) {
+        return Err(err.clone());
+    }
     let mut table = shared.lock();
+    table.stats.fetches += plans.len() as u64;
+    for plan in plans {
+        caught_up(shared, &mut table, &plan, &replies)?;
+    }
+    Ok(())
+}
+
+/// One subscription's share of a round's replies.
+fn caught_up(
+    shared: &Arc<Shared>,
+    table: &mut Table,
+    plan: &Plan,
+    replies: &[Result<Value, RedisError>],
+) -> Result<(), RedisError> {
+    let sid = plan.sid;
     let Some(sub) = table.subs.get_mut(&sid) else { return Ok(()) };
     sub.fetching = false;
+    sub.live = false; // fed by the fetcher until it has caught up (go_live)
     if sub.closed {
         return Ok(());
     }
+    let reply = |at: Option<usize>| at.and_then(|i| replies.get(i));
+    let (range, top) = (reply(plan.range_at), reply(plan.top_at));
+    let failed = [range, top].into_iter().flatten().find_map(|r| r.as_ref().err());
+    if let Some(err) = failed {
+        if redirect(err).is_some() || err.code() == Some("TRYAGAIN") {
+            shared.queue_fetch(table, sid); // a redirection the link did not follow: again
+        } else {
+            table.set_state(sid, SubState::Gone); // not a stream any more (WRONGTYPE): nothing to follow
+        }
+        return Ok(());
+    }
+    let entries: Vec<Arc<HubEntry>> = match range {
+        Some(Ok(value)) => parse_range(value).iter().map(hub_entry).collect(),
+        _ => Vec::new(),
+    };
     sub.fetched_once = true;
     let last = sub.last;
     if sub.state == SubState::Pending {
@@ -141,77 +235,91 @@ fn catch_up(shared: &Arc<Shared>, con: &mut Link, sid: u64) -> Result<(), RedisE
         // (`retry_timeout`), goes back to its idle clock.
         table.set_state(sid, SubState::Ok);
     }
-    match fetched.top {
-        Some(None) => table.set_state(sid, SubState::Missing),
-        Some(Some(top)) if top.order < last => {
-            // The cursor is past everything the stream holds: not the stream
-            // the reader read (it was lost, then written again).
-            table.set_state(sid, SubState::Gone);
-            return Ok(());
+    if let Some(newest) = entries.last() {
+        table.ours.insert(plan.key.clone(), newest.ours);
+    } else if let Some(Ok(value)) = top {
+        match parse_range(value).first().map(hub_entry) {
+            None => table.set_state(sid, SubState::Missing),
+            Some(top) => {
+                table.ours.insert(plan.key.clone(), top.ours);
+                if top.order < last {
+                    // The cursor is past everything the stream holds: not the
+                    // stream the reader read (it was lost, then written again).
+                    table.set_state(sid, SubState::Gone);
+                    return Ok(());
+                }
+                if top.complete && top.order == last {
+                    // Only at the cursor: a top past it arrived after the range
+                    // read (the hub gets it), and is no reason to end the read.
+                    table.set_state(sid, SubState::Done); // complete, and the cursor is at its end
+                    return Ok(());
+                }
+            }
         }
-        // Only at the cursor: a top past it arrived after the range read (the
-        // blocker gets it), and is no reason to end the read before it.
-        Some(Some(top)) if top.complete && top.order == last => {
-            table.set_state(sid, SubState::Done); // complete, and the cursor is at its end
-            return Ok(());
-        }
-        _ => {}
     }
-    if !shared.push(&mut table, sid, &fetched.entries) {
+    if !shared.push(table, sid, &entries) {
         return Ok(()); // fetched no more than the room: never happens, never overfills
     }
-    if fetched.entries.iter().any(|e| e.complete) {
+    let Some(sub_last) = table.subs.get(&sid).map(|s| s.last) else { return Ok(()) };
+    if let Some(known) = table.listeners.get_mut(shared.group_of(&plan.key)).and_then(|l| l.keys.get_mut(&plan.key)) {
+        *known = (*known).max(sub_last); // fetched: no notice of these is news, nor a miss
+    }
+    if entries.iter().any(|e| e.complete) {
         return Ok(()); // the terminal entry is queued: the read ends, nothing to watch
     }
-    if fetched.entries.len() == fetched.count {
-        shared.queue_fetch(&mut table, sid); // more to read, when there is room
+    if plan.count == 0 {
+        return Ok(()); // no room: fed again as its reader drains
+    }
+    let again = table.subs.get_mut(&sid).is_some_and(|s| std::mem::take(&mut s.again));
+    if entries.len() == plan.count || again {
+        shared.queue_fetch(table, sid); // more to read, when there is room; or told to look again
         return Ok(());
     }
-    go_live(shared, &mut table, sid, key)
+    go_live(shared, table, sid, plan.key.clone())
 }
 
-/// The `XRANGE` of a catch-up (at most `batch_size`, and no more than `room`),
-/// and the `XREVRANGE` of the top when a first fetch found nothing.
-fn fetch(
-    shared: &Shared,
-    con: &mut Link,
-    key: &str,
-    start: &str,
-    first: bool,
-    room: usize,
-) -> Result<Fetched, RedisError> {
-    let count = shared.opts.batch_size.min(room);
-    let entries: Vec<Arc<HubEntry>> = if count > 0 {
-        let reply: Value = redis::cmd("XRANGE").arg(key).arg(start).arg("+").arg("COUNT").arg(count).query(con)?;
-        parse_range(&reply).iter().map(hub_entry).collect()
-    } else {
-        Vec::new()
-    };
-    shared.count(|s| s.fetches += 1);
-    let top = if first && entries.is_empty() {
-        let reply: Value = redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query(con)?;
-        Some(parse_range(&reply).first().map(hub_entry))
-    } else {
-        None
-    };
-    Ok(Fetched { entries, count, top })
-}
-
-/// The subscription caught up: the blocker of its key's group feeds it from
-/// now on (a blocker started, or its key set widened, when needed).
+/// The subscription caught up: from now on its key is followed by notice (a
+/// stream this library's writers write, which publish one per batch) or by
+/// a blocker's XREAD (any other stream, a missing one included), a listener
+/// or blocker started, or its key set widened, when needed.
 fn go_live(shared: &Arc<Shared>, table: &mut Table, sid: u64, key: String) -> Result<(), RedisError> {
     let Some(sub_last) = table.subs.get(&sid).map(|s| s.last) else { return Ok(()) };
+    let by_notice = shared.opts.delivery == Delivery::Notify
+        && table.ours.get(&key).copied().unwrap_or(false)
+        && !table.notices_refused;
     let name = shared.group_of(&key).to_owned();
-    let watched = table.groups.get(&name).and_then(|g| g.keys.get(&key)).copied();
-    if watched.is_some_and(|watched| watched > sub_last) {
-        shared.queue_fetch(table, sid); // the blocker saw newer entries meanwhile
+    let known = if by_notice {
+        if let Some(group) = table.groups.get_mut(&name) {
+            group.keys.remove(&key); // it was missing, or not ours, when it went live before
+        }
+        table.listeners.get(&name).and_then(|l| l.keys.get(&key)).copied()
+    } else {
+        if let Some(listen) = table.listeners.get_mut(&name) {
+            if listen.keys.remove(&key).is_some() {
+                listen.channels.remove(&listener::notice_channel(&key));
+            }
+        }
+        table.groups.get(&name).and_then(|g| g.keys.get(&key)).copied()
+    };
+    if known.is_some_and(|known| known > sub_last) {
+        shared.queue_fetch(table, sid); // newer entries were seen meanwhile
         return Ok(());
     }
     if let Some(sub) = table.subs.get_mut(&sid) {
         sub.live = true;
     }
-    if watched.is_some() {
+    if known.is_some() {
         return Ok(());
+    }
+    if by_notice {
+        if !table.listeners.contains_key(&name) {
+            listener::start(shared, &name)?;
+        }
+        let listen = table.listeners.entry(name).or_default();
+        listen.channels.insert(listener::notice_channel(&key), key.clone());
+        listen.keys.insert(key, sub_last);
+        shared.changed.notify_all();
+        return Ok(()); // the listener subscribes within a tick, then has the key caught up
     }
     if !table.groups.contains_key(&name) {
         blocker::start(shared, &name)?;
@@ -222,6 +330,123 @@ fn go_live(shared: &Arc<Shared>, table: &mut Table, sid: u64, key: String) -> Re
     table.unblock_wanted = true;
     shared.changed.notify_all();
     Ok(())
+}
+
+/// Keys per safety-check script call: each key costs the server about
+/// 1.5 us, and one call must not hold it for long.
+const CHECK_CHUNK: usize = 500;
+
+/// Every `check_interval`, the top of every stream followed by notice (of the
+/// listen sets in `only`, when given): one that expired or was lost and
+/// written again below a reader's cursor ends its readers (`StreamNotFound`),
+/// and one that grew past what the hub knows (a notice lost: see
+/// `listener.rs`) is fetched now. Returns the listen sets whose slot is
+/// migrating (their notices may go to the importing node), which the fetcher
+/// checks again every `MIGRATING_POLL` until the move ends; and whether there
+/// was anything to check.
+fn safety_check(
+    shared: &Shared,
+    con: &mut Link,
+    only: Option<&HashSet<String>>,
+) -> Result<(HashSet<String>, bool), RedisError> {
+    let sets: Vec<(String, Vec<String>)> = {
+        let table = shared.lock();
+        let followed = |key: &String| {
+            table
+                .by_key
+                .get(key)
+                .is_some_and(|ids| ids.iter().any(|i| table.subs.get(i).is_some_and(|s| s.state == SubState::Ok)))
+        };
+        table
+            .listeners
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|only| only.contains(*name)))
+            .map(|(name, l)| (name.clone(), l.keys.keys().filter(|k| followed(k)).cloned().collect()))
+            .collect()
+    };
+    if sets.iter().all(|(_, keys)| keys.is_empty()) {
+        return Ok((HashSet::new(), false));
+    }
+    let (mut missed, mut migrating) = (false, HashSet::new());
+    for (name, keys) in sets {
+        for chunk in keys.chunks(CHECK_CHUNK) {
+            shared.count(|s| s.checks += 1);
+            let mut call = blocker::TOPS_SCRIPT.prepare_invoke();
+            for key in chunk {
+                call.key(key);
+            }
+            match call.invoke::<Vec<String>>(con) {
+                Ok(tops) => missed |= checked(shared, chunk, &tops),
+                Err(err) if redirect(&err).is_some_and(|(moved, _)| !moved) || err.code() == Some("TRYAGAIN") => {
+                    migrating.insert(name.clone());
+                    poll_migrating(shared, chunk);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    if only.is_none() {
+        let mut table = shared.lock();
+        // A notice in flight during a check looks missed once; two checks in
+        // a row that find misses mean notices do not arrive: said once.
+        table.missed_checks = if missed { table.missed_checks + 1 } else { 0 };
+        table.probe_asked += u64::from(missed);
+        if table.missed_checks == 2 {
+            let why = format!(
+                "streams grew without a notice (a writer with no channel rights?): \
+                 they are read every check_interval ({}s)",
+                shared.opts.check_interval.as_secs_f64()
+            );
+            table.events.push("notices_missed", why);
+        }
+    }
+    Ok((migrating, true))
+}
+
+/// Applies one safety-check call's tops; whether a stream had grown without
+/// a notice.
+fn checked(shared: &Shared, keys: &[String], tops: &[String]) -> bool {
+    let mut table = shared.lock();
+    let mut any_missed = false;
+    for (key, top) in keys.iter().zip(tops) {
+        let newest = (!top.is_empty()).then(|| parse_id(top));
+        let name = shared.group_of(key);
+        let known = table.listeners.get_mut(name).and_then(|l| l.keys.get_mut(key));
+        let missed = match (newest, known) {
+            (Some(newest), Some(known)) if newest > *known => {
+                *known = newest;
+                true
+            }
+            _ => false,
+        };
+        if missed {
+            table.stats.missed += 1;
+            any_missed = true;
+        }
+        for sid in table.following(key) {
+            let Some(sub) = table.subs.get(&sid).filter(|s| s.state == SubState::Ok) else { continue };
+            match newest {
+                Some(newest) if newest >= sub.last => {
+                    if missed && sub.last < newest {
+                        shared.refetch(&mut table, sid);
+                    }
+                }
+                _ => table.set_state(sid, SubState::Gone),
+            }
+        }
+    }
+    any_missed
+}
+
+/// Fetches the keys' subscriptions now (the slot migrates: notices published
+/// on the importing node miss this hub); their fetches follow the move (ASK).
+fn poll_migrating(shared: &Shared, keys: &[String]) {
+    let mut table = shared.lock();
+    for key in keys {
+        for sid in table.following(key) {
+            shared.refetch(&mut table, sid);
+        }
+    }
 }
 
 /// Restarts the XREAD of each blocker whose group has new keys, so that it

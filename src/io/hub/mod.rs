@@ -19,6 +19,7 @@
 
 mod blocker;
 mod fetcher;
+mod listener;
 mod subscription;
 mod waker;
 
@@ -51,9 +52,25 @@ pub struct Stats {
     pub unblocks: u64,
     pub checks: u64,
     pub reconnects: u64,
+    pub notices: u64,
+    pub probes: u64,
+    pub missed: u64,
     pub subscriptions: u64,
+    /// Keys followed live, by XREAD or by notice.
     pub watched: u64,
+    /// Keys followed by notice.
+    pub listened: u64,
     pub blockers: u64,
+    pub listeners: u64,
+}
+
+/// How live entries reach the hub: by notice (the listeners; streams this
+/// library's writers write), else by the blockers' XREAD; or by XREAD alone
+/// (the way before notices, kept to measure the two side by side).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Delivery {
+    Notify,
+    Xread,
 }
 
 /// The hub's settings, checked by the binding (`queue_size` and `batch_size`
@@ -67,6 +84,7 @@ pub struct Options {
     pub retry_timeout: Duration,
     pub connect_timeout: Duration,
     pub socket_timeout: Duration,
+    pub delivery: Delivery,
 }
 
 /// What the readers' side and the hub's threads share.
@@ -102,6 +120,22 @@ impl Shared {
             links::slot_group(key)
         } else {
             ""
+        }
+    }
+
+    /// Has a live subscription fetched (a notice, a subscribe, a safety
+    /// check); one being fetched is fetched once more after.
+    fn refetch(&self, table: &mut Table, sid: u64) {
+        let cap = self.opts.queue_size;
+        let Some(sub) = table.subs.get_mut(&sid) else { return };
+        if sub.fetching {
+            sub.again = true;
+        } else if sub.live {
+            if sub.queue.len() < cap {
+                self.queue_fetch(table, sid);
+            } else {
+                sub.live = false; // a slow reader: fed again as it drains
+            }
         }
     }
 
@@ -202,8 +236,15 @@ impl Hub {
             ids.retain(|&i| i != sid);
             if ids.is_empty() {
                 table.by_key.remove(&sub.key);
-                if let Some(group) = table.groups.get_mut(self.shared.group_of(&sub.key)) {
+                table.ours.remove(&sub.key);
+                let name = self.shared.group_of(&sub.key);
+                if let Some(group) = table.groups.get_mut(name) {
                     group.keys.remove(&sub.key);
+                }
+                if let Some(listen) = table.listeners.get_mut(name) {
+                    if listen.keys.remove(&sub.key).is_some() {
+                        listen.channels.remove(&listener::notice_channel(&sub.key));
+                    }
                 }
             }
         }
@@ -270,9 +311,16 @@ impl Hub {
 
     pub fn stats(&self) -> Stats {
         let table = self.shared.lock();
-        let watched = table.groups.values().map(|g| g.keys.len() as u64).sum();
-        let blockers = table.groups.len() as u64;
-        Stats { subscriptions: table.subs.len() as u64, watched, blockers, ..table.stats.clone() }
+        let listened: u64 = table.listeners.values().map(|l| l.keys.len() as u64).sum();
+        let watched = table.groups.values().map(|g| g.keys.len() as u64).sum::<u64>() + listened;
+        Stats {
+            subscriptions: table.subs.len() as u64,
+            watched,
+            listened,
+            blockers: table.groups.len() as u64,
+            listeners: table.listeners.len() as u64,
+            ..table.stats.clone()
+        }
     }
 
     /// The reconnects since the last call, oldest first, as `(kind, cause)`:

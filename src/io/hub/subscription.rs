@@ -1,6 +1,7 @@
 //! The hub's data model (twin of `python/sse_redis/_pure/hub/subscription.py`):
 //! a subscription and the states a poll reports, the entries readers get, the
-//! blocker groups, and the table that holds them all under the hub's lock.
+//! blocker groups, the listeners' key sets, and the table that holds them all
+//! under the hub's lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar};
@@ -59,6 +60,9 @@ pub struct HubEntry {
     /// When the writer stored it: the `timestamp` field, in ms since the
     /// epoch; `None` when missing or not a decimal number.
     pub timestamp: Option<f64>,
+    /// Stored by a writer of this library (a `writer` field): its run's
+    /// writers publish notices.
+    pub ours: bool,
 }
 
 /// A stream entry id as `(ms, seq)`, in the order Redis keeps.
@@ -76,6 +80,7 @@ pub fn hub_entry(e: &Entry) -> Arc<HubEntry> {
         complete: e.is_complete(),
         broken: e.field("broken") == Some("true"),
         timestamp: e.field("timestamp").and_then(timestamp_ms),
+        ours: e.field("writer").is_some(),
     })
 }
 
@@ -100,6 +105,8 @@ pub struct Sub {
     pub live: bool,
     /// Queued for the fetcher.
     pub fetching: bool,
+    /// Told to fetch while fetching: fetch once more after.
+    pub again: bool,
     pub fetched_once: bool,
     pub state: SubState,
     pub waker: Option<u64>,
@@ -116,6 +123,7 @@ impl Sub {
             queue: VecDeque::new(),
             live: false,
             fetching: false,
+            again: false,
             fetched_once: false,
             state: SubState::Pending, // until the first fetch has reached Redis
             waker,
@@ -138,12 +146,34 @@ pub struct Group {
     pub node: Option<String>,
 }
 
+/// The keys one listener follows by notice, with the newest entry id the hub
+/// knows of each (from notices, fetches and safety checks).
+#[derive(Default)]
+pub struct Listen {
+    pub keys: HashMap<String, (u64, u64)>,
+    /// Notice channel -> stream key.
+    pub channels: HashMap<String, String>,
+    /// The cluster node (`host:port`) it listens on, or should connect to.
+    pub node: Option<String>,
+}
+
 /// Everything the hub knows, under its one lock.
 #[derive(Default)]
 pub struct Table {
     pub subs: HashMap<u64, Sub>,
     pub by_key: HashMap<String, Vec<u64>>,
     pub groups: HashMap<String, Group>,
+    pub listeners: HashMap<String, Listen>,
+    /// Whether each followed key's stream was written by this library (its
+    /// newest entry seen has a `writer` field): only those get notices.
+    pub ours: HashMap<String, bool>,
+    /// This user may not subscribe: every key is followed by XREAD.
+    pub notices_refused: bool,
+    /// Safety checks in a row that found a stream grown without a notice.
+    pub missed_checks: u32,
+    /// Bumped when a link timed out or a notice was missed: each listener
+    /// then proves its own link at once (a probe) rather than at its next.
+    pub probe_asked: u64,
     pub fetch_queue: VecDeque<u64>,
     pub wakers: HashMap<u64, Waker>,
     pub next_id: u64,

@@ -37,11 +37,13 @@ import time
 from collections import deque
 from typing import Any
 
+from ..._options import DELIVERIES
 from ..._states import SubState
 from ...errors import SSERedisError
+from ...keys import notice_channel
 from .. import links
 from . import fetcher
-from .subscription import Entry, Group, Sub, parse_id
+from .subscription import Entry, Group, Listen, Sub, parse_id
 from .waker import Waker
 
 
@@ -60,8 +62,10 @@ class Shared:
         connect_timeout: float,
         socket_timeout: float,
         cluster: bool,
+        delivery: str,
     ) -> None:
         self.url = url
+        self.delivery = delivery
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.block_ms = block_ms
@@ -78,6 +82,12 @@ class Shared:
         self.subs: dict[int, Sub] = {}
         self.by_key: dict[str, list[Sub]] = {}
         self.groups: dict[str, Group] = {}
+        self.listeners: dict[str, Listen] = {}
+        # Whether each followed key's stream was written by this library (its
+        # newest entry seen has a ``writer`` field): only those get notices.
+        self.ours: dict[str, bool] = {}
+        self.notices_refused = False  # this user may not subscribe: XREAD for every key
+        self.missed_checks = 0  # safety checks in a row that found a stream grown without a notice
         self.fetch_queue: deque[Sub] = deque()
         self.wakers: dict[int, Waker] = {}
         self.next_id = 0
@@ -85,10 +95,15 @@ class Shared:
         # A blocker found its link silent: the fetcher's link, on the same
         # route, is remade before its next command rather than waited out.
         self.relink_query = False
+        # Bumped when a link timed out or a notice was missed: each listener
+        # then proves its own link at once (a probe) rather than at its next.
+        self.probe_asked = 0
         self.can_unblock: bool | None = None  # learned by probing
         self.down_since: float | None = None  # when Redis stopped answering
         self.closed = False
-        self.stats = {"xreads": 0, "fetches": 0, "unblocks": 0, "checks": 0, "reconnects": 0}
+        self.stats = dict.fromkeys(
+            ("xreads", "fetches", "unblocks", "checks", "reconnects", "notices", "probes", "missed"), 0
+        )
         self.events = links.Events()  # reconnects with their cause, until the face logs them
 
     def new_id(self) -> int:
@@ -110,6 +125,17 @@ class Shared:
             sub.fetching = True
             self.fetch_queue.append(sub)
             self.changed.notify_all()
+
+    def refetch(self, sub: Sub) -> None:
+        """Have a live subscription fetched (a notice, a subscribe, a safety
+        check); one being fetched is fetched once more after."""
+        if sub.fetching:
+            sub.again = True
+        elif sub.live:
+            if len(sub.queue) < self.queue_size:
+                self.queue_fetch(sub)
+            else:
+                sub.live = False  # a slow reader: fed again as it drains
 
     def set_state(self, sub: Sub, state: SubState) -> None:
         """Change the subscription's state and tell its reader: a reader's wait
@@ -176,10 +202,13 @@ class ReaderHub:
         connect_timeout: float = 5.0,
         socket_timeout: float = 10.0,
         cluster: bool = False,
+        delivery: str = "notify",
     ) -> None:
-        # The twin of the binding's one check (``src/py/hub.rs``).
+        # The twin of the binding's checks (``src/py/hub.rs``).
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be positive")
+        if delivery not in DELIVERIES:
+            raise ValueError(f"delivery must be one of {', '.join(DELIVERIES)}, not {delivery!r}")
         self._shared = Shared(
             url,
             queue_size,
@@ -190,6 +219,7 @@ class ReaderHub:
             connect_timeout,
             socket_timeout,
             cluster,
+            delivery,
         )
         threading.Thread(target=fetcher.run, args=(self._shared,), name="sse-redis-fetch", daemon=True).start()
 
@@ -217,9 +247,13 @@ class ReaderHub:
                 subs.remove(sub)
             if not subs:
                 shared.by_key.pop(sub.key, None)
+                shared.ours.pop(sub.key, None)
                 group = shared.groups.get(shared.group_of(sub.key))
                 if group is not None:
                     group.keys.pop(sub.key, None)
+                listen = shared.listeners.get(shared.group_of(sub.key))
+                if listen is not None and listen.keys.pop(sub.key, None) is not None:
+                    listen.channels.pop(notice_channel(sub.key), None)
             waker = shared.wakers.get(sub.waker) if sub.waker is not None else None
             if waker is not None:
                 waker.forget(sid)
@@ -277,12 +311,16 @@ class ReaderHub:
     def stats(self) -> dict[str, int]:
         shared = self._shared
         with shared.lock:
+            listened = sum(len(listen.keys) for listen in shared.listeners.values())
             return dict(
                 shared.stats,
                 subscriptions=len(shared.subs),
-                watched=sum(len(g.keys) for g in shared.groups.values()),
+                # keys followed live, by XREAD or by notice; and by notice alone
+                watched=sum(len(g.keys) for g in shared.groups.values()) + listened,
+                listened=listened,
                 blockers=len(shared.groups),
-                connections=1 + len(shared.groups),
+                listeners=len(shared.listeners),
+                connections=1 + len(shared.groups) + len(shared.listeners),
             )
 
     def take_events(self) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import redis
 from ..._states import SubState
 from .. import links
 from ..links import LINK_ERRORS
-from .subscription import Group, parse_id, to_entry
+from .subscription import Group, is_ours, parse_id, to_entry
 
 if TYPE_CHECKING:
     from redis.typing import KeyT, StreamIdT
@@ -120,6 +120,7 @@ def run(shared: Shared, name: str) -> None:
                 group.client_id, group.node = None, None  # any live node redirects to the owner
                 if isinstance(exc, redis.TimeoutError):
                     shared.relink_query = True  # silent, not closed: the fetcher's link likely is too
+                    shared.probe_asked += 1  # and the listeners' links
             blocker.attempt += 1
             with shared.lock:
                 shared.stats["reconnects"] += 1
@@ -178,7 +179,9 @@ def learn_unblock(shared: Shared, client: redis.Redis) -> int:
 
 def fan_out(shared: Shared, group: Group, reply: links.RawXRead) -> None:
     """Hand the entries of an XREAD reply to the live subscriptions of each
-    key; a slow one (queue full) goes back to the fetcher."""
+    key; a slow one (queue full) goes back to the fetcher, and so does every
+    one of a key whose stream turns out to be written by this library (it
+    was missing when it went live): its writers' notices follow it now."""
     with shared.lock:
         for raw_key, raw_entries in reply:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
@@ -186,8 +189,14 @@ def fan_out(shared: Shared, group: Group, reply: links.RawXRead) -> None:
                 continue
             entries = [to_entry(i, f) for i, f in raw_entries]
             group.keys[key] = parse_id(entries[-1][0])
+            ours = shared.ours[key] = is_ours(raw_entries[-1][1])
+            to_notices = ours and shared.delivery == "notify" and not shared.notices_refused
+            if to_notices:
+                del group.keys[key]
             for sub in shared.by_key.get(key, ()):
-                if sub.live and not shared.push(sub, entries):
+                if not sub.live:
+                    continue
+                if not shared.push(sub, entries) or to_notices:
                     sub.live = False  # a slow reader: the fetcher feeds it as it drains
                     shared.queue_fetch(sub)
 

@@ -1,6 +1,6 @@
 """The hub's data model (twin of ``src/io/hub/subscription.rs``): a
 subscription and the states a poll reports (``SubState``), the entries readers
-get, and the blocker groups."""
+get, the blocker groups and the listeners' channel sets."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def timestamp_ms(raw: bytes | None) -> float | None:
     return value if value != float("inf") else None
 
 
+def is_ours(fields: dict[bytes, bytes]) -> bool:
+    """Whether an entry was stored by a writer of this library (it has a
+    ``writer`` field), so that its run's writers publish notices."""
+    return b"writer" in fields
+
+
 def parse_id(entry_id: str) -> tuple[int, int]:
     """A stream entry id as ``(ms, seq)``, in the order Redis keeps."""
     ms, _, seq = entry_id.partition("-")
@@ -50,6 +56,7 @@ class Sub:
     """One reader following one stream key from a cursor."""
 
     __slots__ = (
+        "again",
         "closed",
         "cond",
         "fetched_once",
@@ -71,6 +78,7 @@ class Sub:
         self.queue: deque[Entry] = deque()
         self.live = False  # fed by the blocker (else by the fetcher)
         self.fetching = False  # queued for the fetcher
+        self.again = False  # told to fetch while fetching: fetch once more after
         self.fetched_once = False
         self.state = SubState.PENDING  # until the first fetch has reached Redis
         self.waker = waker
@@ -90,3 +98,15 @@ class Group:
         self.blocking_version = 0  # the key set the blocker's XREAD covers
         self.client_id: int | None = None
         self.node: str | None = None  # the cluster node it blocks on, or should reach
+
+
+class Listen:
+    """The keys one listener follows by notice, with the newest entry ID the
+    hub knows of each (from notices, fetches and safety checks)."""
+
+    __slots__ = ("channels", "keys", "node")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[int, int]] = {}
+        self.channels: dict[str, str] = {}  # notice channel -> stream key
+        self.node: str | None = None  # the cluster node it listens on, or should reach

@@ -1,0 +1,245 @@
+"""The listener threads (twin of ``src/io/hub/listener.rs``): each holds one
+subscriber connection, subscribed to the notice channels of the keys its
+listen set follows, and on a notice has the fetcher range-read the notified
+keys' subscriptions.  Notices are hints; why nothing is lost or late past a
+bound when one is lost is argued in ``__init__.py``'s docstring.
+
+One server has one listener (``SUBSCRIBE``; the writers ``PUBLISH``); a
+cluster has one per slot group, on the slot's owner (``SSUBSCRIBE``: a
+sharded channel lives on its slot's shard), following MOVED there.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .. import links
+from ..links import LINK_ERRORS
+from .subscription import Listen
+
+if TYPE_CHECKING:
+    from . import Shared
+
+# How long a read for pushes waits before the listener looks for channels to
+# (un)subscribe: the most a new key's first notice can wait for its
+# subscription (its entries meanwhile are range-read after the subscribe).
+TICK = 0.02
+# Channels per (S)SUBSCRIBE command.
+CHUNK = 1000
+# A subscribe unconfirmed this long (the probe's included) means a dead link:
+# the server confirms one within a round trip, so this is generous.
+CONFIRM_WITHIN = 2.0
+
+
+class _Listener:
+    """What a listener keeps between its reads: the connection and which
+    channels it asked for (dropped with the connection)."""
+
+    def __init__(self, shared: Shared, name: str) -> None:
+        self.shared = shared
+        self.name = name
+        self.sharded = shared.cluster
+        self.pubsub: Any = None  # redis.client.PubSub: untyped in redis-py 5
+        self.client: redis.Redis | None = None
+        self.requested: dict[str, float] = {}  # channel -> when its subscribe was sent
+        self.confirmed: set[str] = set()
+        self.probe: tuple[str, float] | None = None  # a re-subscribe proving the link, and when
+        self.next_probe = time.monotonic() + shared.check_interval
+        self.probes_asked = 0  # the hub's `probe_asked` when this listener last probed
+        self.delay = 0.01
+        self.attempt = 0
+
+    def listen_set(self) -> Listen | None:
+        """Waits until the listen set has keys; ``None`` when the hub closed, or
+        (on a cluster) the set is idle or notices were refused: it then leaves
+        no thread."""
+        shared = self.shared
+        with shared.lock:
+            while True:
+                listen = shared.listeners.get(self.name)
+                if shared.closed or shared.notices_refused:
+                    return None
+                if listen is not None and listen.keys:
+                    return listen
+                if shared.cluster:
+                    shared.listeners.pop(self.name, None)
+                    return None
+                shared.changed.wait()
+
+    def round(self, listen: Listen) -> None:
+        """Connects when needed, matches the subscriptions to the listen set,
+        then reads pushes for one tick."""
+        if self.pubsub is None:
+            self.connect(listen)
+        self.sync(listen)
+        deadline = time.monotonic() + TICK
+        while (left := deadline - time.monotonic()) > 0:
+            message = self.pubsub.get_message(timeout=left)
+            if message is None:
+                break
+            self.handle(listen, message)
+        self.check_link()
+
+    def connect(self, listen: Listen) -> None:
+        shared = self.shared
+        node = listen.node
+        if node is None and shared.cluster:
+            nodes = links.known_nodes(shared.query)
+            node = nodes[self.attempt % len(nodes)] if nodes else None
+        # The read timeout bounds a push read half-way; waits are get_message's.
+        self.client = links.connect_node(shared.url, node, shared.connect_timeout, CONFIRM_WITHIN, single=False)
+        self.pubsub = self.client.pubsub()
+        self.requested, self.confirmed, self.probe = {}, set(), None
+        with shared.lock:
+            listen.node = node
+
+    def drop(self) -> None:
+        if self.pubsub is not None:
+            self.pubsub.reset()
+        if self.client is not None:
+            self.client.close()
+        self.pubsub = self.client = None
+
+    def sync(self, listen: Listen) -> None:
+        """Subscribe the channels the listen set gained, unsubscribe those it
+        lost, and re-subscribe one channel as a probe when one is due."""
+        with self.shared.lock:
+            wanted = set(listen.channels)
+            asked = self.shared.probe_asked
+        now = time.monotonic()
+        new = [c for c in wanted if c not in self.requested]
+        gone = [c for c in self.requested if c not in wanted]
+        for i in range(0, len(new), CHUNK):
+            self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", new[i : i + CHUNK])
+        for channel in new:
+            self.requested[channel] = now
+        for i in range(0, len(gone), CHUNK):
+            self.send("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE", gone[i : i + CHUNK])
+        for channel in gone:
+            self.requested.pop(channel, None)
+            self.confirmed.discard(channel)
+        # A probe every check_interval, and at once when another link timed
+        # out or a safety check found a notice missed (this link may be dead too).
+        due = now >= self.next_probe or asked != self.probes_asked
+        if self.probe is None and due and self.confirmed:
+            self.probes_asked = asked
+            channel = next(iter(self.confirmed))
+            self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", [channel])
+            self.probe = (channel, now)
+            self.shared.count("probes")
+
+    def send(self, command: str, channels: list[str]) -> None:
+        # The PubSub methods keep redis-py's own channel table in step (what it
+        # re-subscribes on its reconnects, which this listener never lets it make).
+        method = getattr(self.pubsub, command.lower())
+        method(*channels)
+
+    def handle(self, listen: Listen, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        channel = message["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        if kind in ("message", "smessage"):
+            notified(self.shared, listen, channel, message["data"])
+        elif kind in ("subscribe", "ssubscribe"):
+            if self.probe is not None and self.probe[0] == channel:
+                self.probe = None
+                self.next_probe = time.monotonic() + self.shared.check_interval
+            if channel in self.requested and channel not in self.confirmed:
+                self.confirmed.add(channel)
+                subscribed(self.shared, listen, channel)
+        elif kind in ("unsubscribe", "sunsubscribe") and channel in self.requested:
+            # Not asked for (those left `requested` when sent): the server
+            # dropped it, as it does for a slot that moved; the next sync
+            # subscribes again, on the new owner (MOVED), and catches up.
+            self.requested.pop(channel, None)
+            self.confirmed.discard(channel)
+
+    def check_link(self) -> None:
+        """A subscribe (or probe) unconfirmed past ``CONFIRM_WITHIN``: the
+        link is silent (a middlebox may keep ACKing a dead route)."""
+        oldest = min((sent for c, sent in self.requested.items() if c not in self.confirmed), default=None)
+        if self.probe is not None:
+            oldest = self.probe[1] if oldest is None else min(oldest, self.probe[1])
+        if oldest is not None and time.monotonic() - oldest > CONFIRM_WITHIN:
+            raise redis.TimeoutError("a subscribe was not confirmed")
+
+
+def notified(shared: Shared, listen: Listen, channel: str, payload: object) -> None:
+    """A notice: the new top seq id of the channel's stream (decimal), or any
+    other payload (a cancel), which is a hint to fetch all the same."""
+    text = payload.decode() if isinstance(payload, bytes) else str(payload)
+    top = (0, int(text)) if text.isascii() and text.isdigit() else None
+    with shared.lock:
+        shared.stats["notices"] += 1
+        key = listen.channels.get(channel)
+        if key is None:
+            return
+        if top is not None:
+            if top <= listen.keys.get(key, (0, 0)):
+                return  # known already (fetched, or an older notice)
+            listen.keys[key] = top
+        for sub in shared.by_key.get(key, ()):
+            if top is None or sub.last < top:
+                shared.refetch(sub)
+
+
+def subscribed(shared: Shared, listen: Listen, channel: str) -> None:
+    """The server confirmed a subscription: notices published before it are
+    not ours, so every subscription of its key catches up by range read."""
+    with shared.lock:
+        key = listen.channels.get(channel)
+        for sub in shared.by_key.get(key, ()) if key is not None else ():
+            shared.refetch(sub)
+
+
+def refused(shared: Shared) -> None:
+    """This user may not subscribe (an ACL without channel rights): every key
+    goes back to the fetcher, which hands it to the XREAD blockers."""
+    with shared.lock:
+        if shared.notices_refused:
+            return
+        shared.notices_refused = True
+        shared.events.push("notices_refused", "no channel rights: streams are followed by XREAD instead")
+        for listen in shared.listeners.values():
+            for key in listen.keys:
+                for sub in shared.by_key.get(key, ()):
+                    if sub.live:
+                        sub.live = False
+                        shared.queue_fetch(sub)
+        shared.listeners.clear()
+        shared.changed.notify_all()
+
+
+def run(shared: Shared, name: str) -> None:
+    listener = _Listener(shared, name)
+    while (listen := listener.listen_set()) is not None:
+        try:
+            listener.round(listen)
+            listener.delay = 0.01
+            shared.link_ok()
+        except redis.exceptions.NoPermissionError:
+            listener.drop()
+            refused(shared)
+        except redis.exceptions.MovedError as exc:
+            listener.drop()  # the slot has a new owner: listen there
+            with shared.lock:
+                listen.node = links.redirect(exc)[1]  # type: ignore[index]
+        except LINK_ERRORS as exc:
+            listener.drop()  # every channel is subscribed again, and caught up on
+            with shared.lock:
+                listen.node = None  # any live node redirects to the owner
+                if isinstance(exc, redis.TimeoutError):
+                    shared.relink_query = True  # silent, not closed: the fetcher's link likely is too
+                shared.stats["reconnects"] += 1
+                shared.events.push("reconnect", links.cause(exc, CONFIRM_WITHIN))
+            listener.attempt += 1
+            shared.link_failed()
+            time.sleep(listener.delay)
+            listener.delay = min(listener.delay * 2, 1.0)
+        except redis.ResponseError:
+            listener.drop()
+            time.sleep(0.1)
+    listener.drop()
