@@ -2,12 +2,14 @@
 //! tells the design, `docs/glossary.md` the words). Readers subscribe to a
 //! key from a cursor and consume their own bounded queue; the hub's threads do
 //! all the I/O: the fetcher (`fetcher.rs`) catches subscriptions up with
-//! `XRANGE (last +` on the query connection, and a blocker (`blocker.rs`)
-//! waits on every watched key of its group with one `XREAD BLOCK` on a
-//! dedicated connection. One server has one group; a cluster has one per slot
-//! group (hash tag), because one `XREAD` may only name keys of one slot, each
-//! blocking on the slot's owner. The data model is in `subscription.rs`, an
-//! event loop's wake-up in `waker.rs`.
+//! pipelined `XRANGE (last +` on the query connection; a listener
+//! (`listener.rs`) follows the streams this library's writers write by the
+//! notices they publish, and has the fetcher read the notified ones; a
+//! blocker (`blocker.rs`) waits on every other watched key of its group with
+//! one `XREAD BLOCK` on a dedicated connection. One server has one group; a
+//! cluster has one per slot group (hash tag), because one `XREAD` may only
+//! name keys of one slot, each on the slot's owner. The data model is in
+//! `subscription.rs`, an event loop's wake-up in `waker.rs`.
 //!
 //! Liveness: a link can go silent (no FIN, no RST: a NAT entry dropped, a VIP
 //! moved) behind a middlebox that keeps ACKing, so TCP cannot tell. The

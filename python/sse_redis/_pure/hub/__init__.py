@@ -1,19 +1,24 @@
 """The reader hub, pure-Python twin of ``src/io/hub/`` (module for module:
-``subscription``, ``fetcher``, ``blocker``, ``waker``; the words are in
-``docs/glossary.md``).
+``subscription``, ``fetcher``, ``listener``, ``blocker``, ``waker``; the
+words are in ``docs/glossary.md``).
 
 Many readers, few connections.  Each reader *subscribes* to a stream key
 from a cursor and then only consumes its own bounded queue; all I/O is the
-hub's, on two threads:
+hub's, on its threads:
 
-* the **fetcher** (query connection) catches a subscription up with
-  ``XRANGE (last +`` (O(log n) for ``0-<seq>`` IDs), only as far as the
-  subscription's queue has room, then hands it to the blocker ("live");
-* a **blocker** (a dedicated connection) waits on every watched key of its
-  group at once with one ``XREAD BLOCK`` and fans entries out to the live
-  subscriptions of each key.  One server has one group; a cluster has one per
-  slot group (hash tag), because one ``XREAD`` may only name keys of one
-  slot, each blocking on the slot's owner and following MOVED there.
+* the **fetcher** (query connection) catches subscriptions up with
+  ``XRANGE (last +`` (O(log n) for ``0-<seq>`` IDs), many per pipeline, only
+  as far as each queue has room, then hands them on ("live"); it also runs
+  the safety check of the keys followed by notice;
+* a **listener** (a subscriber connection) follows the keys this library's
+  writers write: they publish a notice per stored batch, and a notice has the
+  fetcher range-read the notified subscriptions (``delivery="notify"``);
+* a **blocker** (a dedicated connection) waits on every other watched key of
+  its group (streams written by anything else, or not written yet; every
+  key with ``delivery="xread"``) with one ``XREAD BLOCK`` and fans entries out
+  to the live subscriptions of each key.  One server has one listener and
+  one blocker; a cluster has one of each per slot group (hash tag), each on
+  the slot's owner, following MOVED there.
 
 A slow reader whose queue is full stops being live: it is fed by the fetcher
 again as it drains (notify-then-fetch), so it never makes the hub buffer

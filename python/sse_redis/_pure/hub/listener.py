@@ -1,8 +1,9 @@
 """The listener threads (twin of ``src/io/hub/listener.rs``): each holds one
 subscriber connection, subscribed to the notice channels of the keys its
 listen set follows, and on a notice has the fetcher range-read the notified
-keys' subscriptions.  Notices are hints; why nothing is lost or late past a
-bound when one is lost is argued in ``__init__.py``'s docstring.
+keys' subscriptions.  Notices are hints; why nothing is lost, nor late past
+``check_interval``, when one is lost is argued in the twin's module comment
+(``src/io/hub/listener.rs``), and holds here step for step.
 
 One server has one listener (``SUBSCRIBE``; the writers ``PUBLISH``); a
 cluster has one per slot group, on the slot's owner (``SSUBSCRIBE``: a
