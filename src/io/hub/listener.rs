@@ -270,18 +270,20 @@ impl Listener<'_> {
     fn round_failed(&mut self, err: &RedisError) {
         let shared = self.shared;
         self.con = None; // every channel is subscribed again, and caught up on
-        if err.code() == Some("NOPERM") {
-            refused(shared);
-            return;
-        }
-        if let Some((true, node)) = redirect(err) {
-            if let Some(listen) = shared.lock().listeners.get_mut(self.name) {
-                listen.node = Some(node); // the slot has a new owner: listen there
+        match redirect(err) {
+            Some((true, node)) => {
+                if let Some(listen) = shared.lock().listeners.get_mut(self.name) {
+                    listen.node = Some(node); // the slot has a new owner: listen there
+                }
+                return;
             }
-            return;
+            Some((false, _)) => return, // ASK: the slot moves; subscribe again on the owner
+            None => {}
         }
         if !is_link_error(err) {
-            std::thread::sleep(Duration::from_millis(100));
+            // NOPERM (no channel rights), or a server that cannot (no RESP3,
+            // no sharded pub/sub before Redis 7): XREAD for every stream.
+            refused(shared, &err.to_string());
             return;
         }
         shared.link_failed();
@@ -341,15 +343,16 @@ fn subscribed(shared: &Shared, name: &str, channel: &str) {
     }
 }
 
-/// This user may not subscribe (an ACL without channel rights): every key
-/// goes back to the fetcher, which hands it to the XREAD blockers.
-fn refused(shared: &Shared) {
+/// The server refused to let this hub listen (an ACL without channel rights,
+/// or a server without RESP3 or sharded pub/sub): every key goes back to the
+/// fetcher, which hands it to the XREAD blockers.
+fn refused(shared: &Shared, why: &str) {
     let mut table = shared.lock();
     if table.notices_refused {
         return;
     }
     table.notices_refused = true;
-    table.events.push("notices_refused", "no channel rights: streams are followed by XREAD instead".into());
+    table.events.push("notices_refused", format!("{why}; streams are followed by XREAD instead"));
     let keys: Vec<String> = table.listeners.values().flat_map(|l| l.keys.keys().cloned()).collect();
     for key in keys {
         for sid in table.following(&key) {

@@ -196,14 +196,15 @@ def subscribed(shared: Shared, listen: Listen, channel: str) -> None:
             shared.refetch(sub)
 
 
-def refused(shared: Shared) -> None:
-    """This user may not subscribe (an ACL without channel rights): every key
+def refused(shared: Shared, why: str) -> None:
+    """The server refused to let this hub listen (an ACL without channel
+    rights, or a server without sharded pub/sub before Redis 7): every key
     goes back to the fetcher, which hands it to the XREAD blockers."""
     with shared.lock:
         if shared.notices_refused:
             return
         shared.notices_refused = True
-        shared.events.push("notices_refused", "no channel rights: streams are followed by XREAD instead")
+        shared.events.push("notices_refused", f"{why}; streams are followed by XREAD instead")
         for listen in shared.listeners.values():
             for key in listen.keys:
                 for sub in shared.by_key.get(key, ()):
@@ -221,13 +222,11 @@ def run(shared: Shared, name: str) -> None:
             listener.round(listen)
             listener.delay = 0.01
             shared.link_ok()
-        except redis.exceptions.NoPermissionError:
-            listener.drop()
-            refused(shared)
-        except redis.exceptions.MovedError as exc:
-            listener.drop()  # the slot has a new owner: listen there
-            with shared.lock:
-                listen.node = links.redirect(exc)[1]  # type: ignore[index]
+        except redis.exceptions.AskError as exc:
+            listener.drop()  # MOVED: the slot has a new owner, listen there; ASK: it moves, subscribe again
+            if isinstance(exc, redis.exceptions.MovedError):
+                with shared.lock:
+                    listen.node = links.redirect(exc)[1]  # type: ignore[index]
         except LINK_ERRORS as exc:
             listener.drop()  # every channel is subscribed again, and caught up on
             with shared.lock:
@@ -240,7 +239,9 @@ def run(shared: Shared, name: str) -> None:
             shared.link_failed()
             time.sleep(listener.delay)
             listener.delay = min(listener.delay * 2, 1.0)
-        except redis.ResponseError:
+        except redis.ResponseError as exc:
+            # NOPERM (no channel rights), or a server that cannot (no sharded
+            # pub/sub before Redis 7): XREAD for every stream.
             listener.drop()
-            time.sleep(0.1)
+            refused(shared, str(exc))
     listener.drop()
