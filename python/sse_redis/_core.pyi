@@ -80,7 +80,7 @@ def patch_nulls(text: str, run_id: str | None, seq_id: int | None) -> str:
 
 def is_terminal(chunk: str) -> bool:
     """True when a line of ``chunk`` is a ``data`` field with value ``[DONE]``
-    or an ``event`` field with value ``error``."""
+    or an ``event`` field with value ``error`` or ``cancelled``."""
 
 def sniff_stop_reason(chunk: str) -> str | None:
     """The ``stop_reason`` string of a chunk whose first event's data is a JSON
@@ -134,7 +134,17 @@ class WriterEngine:
         """Wait until a write to ``key`` would not wait; queues nothing."""
     def superseded(self, key: str, seq: int) -> bool:
         """Whether the terminal queued as ``seq`` found the run already completed
-        by another writer; answered once."""
+        by another writer; answered once. ``RunCancelled`` when a cancel ended
+        the run before it."""
+    def cancel(self, key: str, data: str) -> int | None:
+        """Store ``data`` as the run's cancel terminal after whatever its top is
+        (``append.lua`` mode ``c``); its seq, or ``None`` when the run already
+        ended or is unknown (no stream and no running status)."""
+    def start(self, key: str) -> bool:
+        """Register the run as running (its status key); ``False`` when it already ended."""
+    def status(self, key: str) -> tuple[str, int, str | None, int | None, int | None] | None:
+        """``(state, last_seq, stop_reason, started_at ms, updated_at ms)``, or
+        ``None`` when the run has no status and no stream."""
     def flush(self, timeout: float | None = None, key: str | None = None) -> None: ...
     def last_seq(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...

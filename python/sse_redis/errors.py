@@ -12,6 +12,16 @@ class RunClosedError(SSERedisError):
     """The run's terminal chunk is stored: nothing more can be written to it."""
 
 
+class RunCancelled(RunClosedError):
+    """The run was cancelled (``RunControl.cancel``, from any process): its
+    ``event: cancelled`` terminal is stored, so nothing more can be written
+    to it.  ``reason`` is the cancel's reason when known."""
+
+    def __init__(self, *args: object, reason: str | None = None) -> None:
+        super().__init__(*args)
+        self.reason: str | None = reason
+
+
 class StaleWriterError(SSERedisError):
     """Another writer has written to the run since this writer's last write
     (or the stream vanished under it); this writer must not continue it."""
@@ -42,6 +52,7 @@ class StreamTrimmed(SSERedisError):
 
 __all__ = [
     "RedisUnavailable",
+    "RunCancelled",
     "RunClosedError",
     "SSERedisError",
     "StaleWriterError",

@@ -20,7 +20,7 @@ from . import keys as _keys
 from ._binding import bind
 from ._options import WriterOptions, same_parameters, seconds, wait_seconds
 from .connection import redact
-from .errors import RunClosedError, SSERedisError, WriteTimeout
+from .errors import RunCancelled, RunClosedError, SSERedisError, WriteTimeout
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from 3.11 on; a type-checking import only
@@ -158,7 +158,8 @@ class StreamWriter:
 
     def complete(self, run_id: str) -> int | None:
         """Write ``data: [DONE]`` and wait until it is stored; a no-op (``None``)
-        when the run is already complete, whichever writer completed it."""
+        when the run is already complete, whichever writer completed it;
+        ``RunCancelled`` when it was cancelled (``RunControl.cancel``)."""
         return self._finish(run_id, DONE_CHUNK, error=False)
 
     def fail(self, run_id: str, exc: BaseException | None = None, public_message: str | None = None) -> int | None:
@@ -179,6 +180,8 @@ class StreamWriter:
                 seq = engine.fail(key, chunk, self._write_timeout)
             else:
                 seq = engine.write(key, chunk, True, self._write_timeout)
+        except RunCancelled:
+            raise  # the run was cancelled: say so (a complete() is not a no-op then)
         except RunClosedError:
             seq = None  # already complete; still wait for a terminal of ours in flight
         try:
@@ -208,7 +211,7 @@ class StreamWriter:
         return self.engine.last_seq(self._key(run_id))
 
     def delete(self, run_id: str) -> None:
-        """Delete the run's stream and forget its state."""
+        """Delete the run's stream and its status, and forget its state."""
         self.engine.delete(self._key(run_id))
 
     def stats(self) -> dict[str, int]:
@@ -296,6 +299,8 @@ class AsyncStreamWriter:
         key = self.sync._key(run_id)
         try:
             seq: int | None = await self._queue(key, chunk, True, error=error)
+        except RunCancelled:
+            raise  # the run was cancelled: say so (a complete() is not a no-op then)
         except RunClosedError:
             seq = None  # already complete; still wait for a terminal of ours in flight
         engine = self.sync.engine

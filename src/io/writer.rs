@@ -36,6 +36,22 @@ const MAX_CALL_CHUNKS: usize = 512;
 const LARGE_CHUNK_BYTES: usize = 1 << 20;
 const MAX_SUPERSEDED: usize = 1024;
 
+/// The run's status key (`sse_redis.keys.status_key`, `append.lua`'s
+/// `status_of`): `<key>:status` when the key has a hash tag, else
+/// `{<key>}:status`, so it lives in the key's slot.
+pub fn status_key(key: &str) -> String {
+    let tagged = key.find('{').is_some_and(|open| key[open + 1..].find('}').is_some_and(|close| close > 0));
+    if tagged {
+        format!("{key}:status")
+    } else {
+        format!("{{{key}}}:status")
+    }
+}
+
+/// What `status` reports: state, last seq, stop reason, started and updated
+/// (ms since the epoch, the writers' clocks).
+pub type RunStatus = (String, u64, Option<String>, Option<u64>, Option<u64>);
+
 /// Why a write, flush or control command failed. Cloned: a broken run's
 /// error is raised to each of its later callers, an open's to each waiter.
 /// `py::errors` picks the Python class of each variant; the message is the
@@ -47,6 +63,9 @@ pub enum WriteError {
     AlreadyComplete { key: String },
     #[error("run stream {key:?} was completed by another writer at seq {top}")]
     CompletedElsewhere { key: String, top: u64 },
+    // -- RunCancelled (a RunClosedError): the run's terminal is a cancel's
+    #[error("run stream {key:?} was cancelled")]
+    Cancelled { key: String },
     // -- StaleWriterError: another writer has written to the run
     #[error("run stream {key:?} vanished (expired or deleted) after seq {after}")]
     Vanished { key: String, after: u64 },
@@ -219,6 +238,9 @@ struct State {
     /// Terminals that found their run completed by another writer, so
     /// `complete` can say it was a no-op (the latest few only: bounded).
     superseded: VecDeque<(String, u64)>,
+    /// Runs a cancel ended under this writer: (key, first seq refused), so
+    /// `complete` raises `RunCancelled` rather than returning (bounded too).
+    cancelled: VecDeque<(String, u64)>,
     /// Retries and give-ups with their cause, until the face logs them.
     events: Events,
 }
@@ -265,6 +287,8 @@ impl Batch {
 enum Outcome {
     Stored,
     AlreadyComplete,
+    /// The run's terminal is a cancel's: the run ended, not this writer's error.
+    Cancelled,
     Failed(WriteError),
 }
 
@@ -293,6 +317,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     target: Arc<Target>,
     control: Mutex<Option<Link>>,
+    script: redis::Script,
     sender: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -321,7 +346,13 @@ impl Engine {
             .name("sse-redis-writer".into())
             .spawn(move || sender.run())
             .map_err(|e| WriteError::Thread(Arc::new(e)))?;
-        Ok(Engine { shared, target, control: Mutex::new(None), sender: Mutex::new(Some(handle)) })
+        Ok(Engine {
+            shared,
+            target,
+            control: Mutex::new(None),
+            script: redis::Script::new(APPEND_SCRIPT),
+            sender: Mutex::new(Some(handle)),
+        })
     }
 
     /// A command on the control connection, reconnecting and retrying (every
@@ -511,13 +542,89 @@ impl Engine {
     }
 
     /// Whether the terminal queued as `seq` found the run already completed
-    /// by another writer (so it stored nothing); answered once.
-    pub fn superseded(&self, key: &str, seq: u64) -> bool {
+    /// by another writer (so it stored nothing); answered once. `Cancelled`
+    /// when a cancel ended the run before it.
+    pub fn superseded(&self, key: &str, seq: u64) -> Result<bool, WriteError> {
         let mut state = self.shared.lock();
-        match state.superseded.iter().position(|(k, s)| k == key && *s == seq) {
+        if let Some(i) = state.cancelled.iter().position(|(k, s)| k == key && *s <= seq) {
+            state.cancelled.remove(i);
+            return Err(WriteError::Cancelled { key: key.to_owned() });
+        }
+        Ok(match state.superseded.iter().position(|(k, s)| k == key && *s == seq) {
             Some(i) => state.superseded.remove(i).is_some(),
             None => false,
+        })
+    }
+
+    /// One `append.lua` call in a run control mode (`c`, `s`, `q`) on the
+    /// control connection; its one batch reply.
+    fn control_script(&self, key: &str, writer: &str, mode: &str, data: &str) -> Result<Vec<Value>, WriteError> {
+        let opts = &self.shared.opts;
+        let max_len = opts.max_len.map(|n| n.to_string()).unwrap_or_default();
+        let ttl = opts.ttl.map(|n| n.to_string()).unwrap_or_default();
+        let notice = if self.target.is_cluster() { "s" } else { "p" };
+        let complete = if mode == "c" { "1" } else { "" };
+        let reply: Value = self.control(|c| {
+            self.script
+                .key(key)
+                .arg(writer)
+                .arg(&max_len)
+                .arg(&ttl)
+                .arg(notice)
+                .arg(0)
+                .arg(1)
+                .arg(mode)
+                .arg(data)
+                .arg(now_ms())
+                .arg(complete)
+                .invoke(c)
+        })?;
+        let batch = match reply {
+            Value::Array(mut batches) if batches.len() == 1 => match batches.pop() {
+                Some(Value::Array(batch)) if !batch.is_empty() => batch,
+                Some(other) => return Err(WriteError::UnexpectedReply(other)),
+                None => return Err(WriteError::UnexpectedReply(Value::Nil)),
+            },
+            other => return Err(WriteError::UnexpectedReply(other)),
+        };
+        if text_of(&batch[0]) == "wrongtype" {
+            return Err(WriteError::NotAStream { key: key.to_owned() });
         }
+        Ok(batch)
+    }
+
+    /// Stores `data` as the run's cancel terminal after whatever its top is:
+    /// its seq, or `None` when the run already ended or is unknown. A token
+    /// of its own per call: a retry after a lost reply finds its own
+    /// terminal (`dup`) and still answers with its seq.
+    pub fn cancel(&self, key: &str, data: &str) -> Result<Option<u64>, WriteError> {
+        let batch = self.control_script(key, &writer_id()?, "c", data)?;
+        Ok(match text_of(&batch[0]).as_str() {
+            "ok" | "dup" => Some(int_of(batch.get(1)).unwrap_or(0)),
+            _ => None,
+        })
+    }
+
+    /// Registers the run as running; `false` when it already ended.
+    pub fn start(&self, key: &str) -> Result<bool, WriteError> {
+        let batch = self.control_script(key, &self.shared.writer_id, "s", "")?;
+        Ok(text_of(&batch[0]) == "ok")
+    }
+
+    /// The run's status, or `None` when it has no status and no stream.
+    pub fn status(&self, key: &str) -> Result<Option<RunStatus>, WriteError> {
+        let batch = self.control_script(key, &self.shared.writer_id, "q", "")?;
+        if text_of(&batch[0]) != "ok" || batch.len() < 6 {
+            return Ok(None);
+        }
+        let reason = text_of(&batch[3]);
+        Ok(Some((
+            text_of(&batch[1]),
+            int_of(batch.get(2)).unwrap_or(0),
+            (!reason.is_empty()).then_some(reason),
+            int_of(batch.get(4)),
+            int_of(batch.get(5)),
+        )))
     }
 
     pub fn last_seq(&self, key: &str) -> Result<u64, WriteError> {
@@ -548,7 +655,7 @@ impl Engine {
                 self.shared.changed.notify_all();
             }
         }
-        self.control(|c| redis::cmd("DEL").arg(key).query::<()>(c))
+        self.control(|c| redis::cmd("DEL").arg(key).arg(status_key(key)).query::<()>(c))
     }
 
     pub fn stats(&self) -> Stats {
@@ -943,6 +1050,31 @@ impl From<RedisError> for SendError {
     }
 }
 
+/// A reply item as text (`""` when it is not one).
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::BulkString(s) => String::from_utf8_lossy(s).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A reply item as a decimal number (`None` when it is not one): an integer,
+/// or a timestamp field's text of ASCII digits.
+fn int_of(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => {
+            let text = text_of(other);
+            match !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                true => text.parse().ok(),
+                false => None,
+            }
+        }
+    }
+}
+
 /// The `XREVRANGE` that reads a run's stored top when it opens.
 fn read_top(key: &str) -> Cmd {
     redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).clone()
@@ -1051,6 +1183,7 @@ fn outcome(batch: &Batch, reply: RedisResult<Value>) -> Outcome {
     let expected = batch.after_break.unwrap_or(batch.chunks[0].seq - 1);
     match status.as_str() {
         "ok" | "dup" => Outcome::Stored,
+        "cancelled" => Outcome::Cancelled,
         "wrongtype" => Outcome::Failed(WriteError::NotAStream { key: key.clone() }),
         "closed" if batch.chunks.len() == 1 && batch.chunks[0].complete => Outcome::AlreadyComplete,
         "closed" => Outcome::Failed(WriteError::CompletedElsewhere { key: key.clone(), top }),
@@ -1080,6 +1213,19 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
                 run.trusted_on = Some(con_id);
                 state.stats.chunks += batch.chunks.len() as u64;
                 last.complete
+            }
+            Outcome::Cancelled => {
+                // The run's end, not this writer's error: what is queued is
+                // dropped, flush and close do not raise, and its next write
+                // or complete raises RunCancelled (the open finds the terminal).
+                if state.cancelled.len() == MAX_SUPERSEDED {
+                    state.cancelled.pop_front();
+                }
+                let dropped = run.queue.len();
+                run.queue.clear();
+                state.pending -= dropped;
+                state.cancelled.push_back((key.clone(), batch.chunks[0].seq));
+                true
             }
             Outcome::AlreadyComplete => {
                 // A second terminal: a no-op, not an error.
@@ -1116,6 +1262,9 @@ fn apply(state: &mut State, batches: Vec<Batch>, outcomes: Vec<Outcome>, con_id:
 fn apply_opens(state: &mut State, keys: Vec<String>, tops: Vec<Result<Value, WriteError>>) {
     for (key, top) in keys.into_iter().zip(tops) {
         let top = top.and_then(|reply| match parse_range(&reply).first() {
+            Some(entry) if entry.is_complete() && entry.field("cancelled") == Some("true") => {
+                Err(WriteError::Cancelled { key: key.clone() })
+            }
             Some(entry) if entry.is_complete() => Err(WriteError::AlreadyComplete { key: key.clone() }),
             Some(entry) => Ok(entry.seq()),
             None => Ok(0),

@@ -11,6 +11,7 @@ use crate::io::writer::WriteError;
 
 pyo3::import_exception!(sse_redis.errors, SSERedisError);
 pyo3::import_exception!(sse_redis.errors, RunClosedError);
+pyo3::import_exception!(sse_redis.errors, RunCancelled);
 pyo3::import_exception!(sse_redis.errors, StaleWriterError);
 pyo3::import_exception!(sse_redis.errors, WriteTimeout);
 pyo3::import_exception!(sse_redis.errors, RedisUnavailable);
@@ -22,6 +23,7 @@ impl From<WriteError> for PyErr {
             WriteError::AlreadyComplete { .. } | WriteError::CompletedElsewhere { .. } => {
                 RunClosedError::new_err(message)
             }
+            WriteError::Cancelled { .. } => RunCancelled::new_err(message),
             WriteError::Vanished { .. } | WriteError::Overwritten { .. } | WriteError::Diverged { .. } => {
                 StaleWriterError::new_err(message)
             }

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::args::{opt_seconds, seconds};
-use crate::io::writer::{Engine, Kind, Options};
+use crate::io::writer::{Engine, Kind, Options, RunStatus};
 
 fn kind(complete: bool) -> Kind {
     if complete {
@@ -102,9 +102,27 @@ impl WriterEngine {
         Ok(py.detach(|| self.inner.flush(timeout, key))?)
     }
 
-    /// Whether the terminal queued as `seq` found the run already complete.
-    fn superseded(&self, key: &str, seq: u64) -> bool {
-        self.inner.superseded(key, seq)
+    /// Whether the terminal queued as `seq` found the run already complete
+    /// (`RunCancelled` when a cancel ended it).
+    fn superseded(&self, key: &str, seq: u64) -> PyResult<bool> {
+        Ok(self.inner.superseded(key, seq)?)
+    }
+
+    /// Stores `data` as the run's cancel terminal; its seq, or `None` when
+    /// the run already ended or is unknown.
+    fn cancel(&self, py: Python<'_>, key: &str, data: &str) -> PyResult<Option<u64>> {
+        Ok(py.detach(|| self.inner.cancel(key, data))?)
+    }
+
+    /// Registers the run as running; `False` when it already ended.
+    fn start(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.start(key))?)
+    }
+
+    /// `(state, last_seq, stop_reason, started_at ms, updated_at ms)`, or
+    /// `None`: no status and no stream.
+    fn status(&self, py: Python<'_>, key: &str) -> PyResult<Option<RunStatus>> {
+        Ok(py.detach(|| self.inner.status(key))?)
     }
 
     fn last_seq(&self, py: Python<'_>, key: &str) -> PyResult<u64> {

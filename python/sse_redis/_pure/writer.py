@@ -30,6 +30,7 @@ import redis
 
 from ..errors import (
     RedisUnavailable,
+    RunCancelled,
     RunClosedError,
     SSERedisError,
     StaleWriterError,
@@ -59,14 +60,26 @@ T = TypeVar("T")
 
 def read_top(client: links.Client, key: str) -> tuple[int, bool]:
     """``(seq_id, complete)`` of the stream's last entry, ``(0, False)`` if none."""
-    return _top(links.xrevrange_top(client, key))
+    return _top(links.xrevrange_top(client, key))[:2]
 
 
-def _top(entries: list[links.RawEntry]) -> tuple[int, bool]:
+def _top(entries: list[links.RawEntry]) -> tuple[int, bool, bool]:
+    """``(seq_id, complete, cancelled)`` of the stream's last entry."""
     if not entries:
-        return 0, False
+        return 0, False, False
     fields = entries[0][1]
-    return int(fields.get(b"seq_id", 0)), fields.get(b"complete") == b"true"
+    return int(fields.get(b"seq_id", 0)), fields.get(b"complete") == b"true", fields.get(b"cancelled") == b"true"
+
+
+def status_key(key: str) -> str:
+    """The run's status key (``sse_redis.keys.status_key``, ``append.lua``'s ``status_of``)."""
+    open_ = key.find("{")
+    close = key.find("}", open_ + 1) if open_ >= 0 else -1
+    return f"{key}:status" if close > open_ + 1 else f"{{{key}}}:status"
+
+
+def cancelled_error(key: str) -> RunCancelled:
+    return RunCancelled(f"run stream {key!r} was cancelled")
 
 
 # redis-py before 5.3 needs a command name to hand out a connection; later
@@ -189,6 +202,9 @@ class WriterEngine:
         # Terminals that found their run completed by another writer, so
         # ``complete`` can say it was a no-op (the latest few only: bounded).
         self._superseded: deque[tuple[str, int]] = deque(maxlen=1024)
+        # Runs a cancel ended under this writer: (key, first seq refused), so
+        # ``complete`` raises RunCancelled rather than returning (bounded too).
+        self._cancelled: deque[tuple[str, int]] = deque(maxlen=1024)
         self._to_open: list[str] = []
         self._pending = 0  # queued or in flight, across all runs
         self._failed: list[_Run] = []  # runs whose error no one has seen yet
@@ -351,16 +367,66 @@ class WriterEngine:
 
     def superseded(self, key: str, seq: int) -> bool:
         """Whether the terminal queued as ``seq`` found the run already
-        completed by another writer (so it stored nothing); answered once."""
+        completed by another writer (so it stored nothing); answered once.
+        ``RunCancelled`` when a cancel ended the run before it."""
         with self._cv:
+            cancel = next((c for c in self._cancelled if c[0] == key and c[1] <= seq), None)
+            if cancel is not None:
+                self._cancelled.remove(cancel)
+                raise cancelled_error(key)
             try:
                 self._superseded.remove((key, seq))
             except ValueError:
                 return False
             return True
 
+    # -- run control (one script call each, on the control connection) --------
+
+    def _control_script(self, key: str, writer: bytes, mode: bytes, data: str = "") -> list[Any]:
+        """One ``append.lua`` call in a run control mode; its one batch reply."""
+        args = (writer, self._max_len, self._ttl, b"s" if self._cluster else b"p", 0, 1, mode)
+        args += (data, int(time.time() * 1000), b"1" if mode == b"c" else b"")
+
+        def call(client: links.Client) -> Any:
+            if self._sha is None:
+                self._sha = client.script_load(APPEND_SCRIPT)
+            try:
+                return client.evalsha(self._sha, 1, key, *args)
+            except redis.exceptions.NoScriptError:
+                self._sha = client.script_load(APPEND_SCRIPT)
+                return client.evalsha(self._sha, 1, key, *args)
+
+        reply = self._control(call)
+        if not (isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], list) and reply[0]):
+            raise _unexpected(reply)
+        if reply[0][0] == b"wrongtype":
+            raise SSERedisError(f"{key!r} holds a value that is not a stream")
+        return cast("list[Any]", reply[0])
+
+    def cancel(self, key: str, data: str) -> int | None:
+        """Store ``data`` as the run's cancel terminal after whatever its top
+        is; its seq, or ``None`` when the run already ended or is unknown.
+        A token of its own per call: a retry after a lost reply finds its
+        own terminal (``dup``) and still answers with its seq."""
+        status, top = self._control_script(key, secrets.token_hex(16).encode(), b"c", data)[:2]
+        return int(top) if status in (b"ok", b"dup") else None
+
+    def start(self, key: str) -> bool:
+        """Register the run as running; ``False`` when it already ended."""
+        return bool(self._control_script(key, self._writer_id, b"s")[0] == b"ok")
+
+    def status(self, key: str) -> tuple[str, int, str | None, int | None, int | None] | None:
+        """``(state, last_seq, stop_reason, started_at ms, updated_at ms)``, or
+        ``None`` when the run has no status and no stream."""
+        reply = self._control_script(key, self._writer_id, b"q")
+        if reply[0] != b"ok":
+            return None
+        state, last_seq, reason, started, updated = reply[1:6]
+        return state.decode(), int(last_seq), reason.decode() or None, _ms(started), _ms(updated)
+
     def last_seq(self, key: str) -> int:
         return self._control(lambda client: read_top(client, key))[0]
+
 
     def delete(self, key: str) -> None:
         """Delete the run's stream and forget the run (a broken one too), once its batch in flight
@@ -379,7 +445,7 @@ class WriterEngine:
                     if run in self._failed:
                         self._failed.remove(run)
                 self._cv.notify_all()
-        self._control(lambda client: client.delete(key))
+        self._control(lambda client: client.delete(key, status_key(key)))
 
     def stats(self) -> dict[str, int]:
         with self._cv:
@@ -630,6 +696,17 @@ class WriterEngine:
             if self._runs.get(run.key) is not run or (run.error is not None and after is None):
                 continue  # deleted meanwhile, or an earlier batch of it failed
             error = _batch_error(run.key, chunks, outcome, after)
+            if isinstance(error, _Cancelled):
+                # The run's end, not this writer's error: what is queued is
+                # dropped, flush and close do not raise, and its next write
+                # or complete raises RunCancelled (the open finds the terminal).
+                self._cancelled.append((run.key, chunks[0].seq))
+                self._pending -= len(run.queue)
+                run.queue.clear()
+                del self._runs[run.key]
+                if run in self._failed:
+                    self._failed.remove(run)
+                continue
             if error is None or isinstance(error, _AlreadyComplete):
                 # (a second terminal is a no-op, not an error)
                 if error is None:
@@ -663,9 +740,10 @@ class WriterEngine:
                 self._fail_opens([key], reply)
                 continue
             # Not an error, so the XREVRANGE's entries (links.pipeline's replies are untyped).
-            top, complete = _top(cast("list[links.RawEntry]", reply))
+            top, complete, cancelled = _top(cast("list[links.RawEntry]", reply))
             if complete:
-                self._fail_opens([key], RunClosedError(f"run stream {key!r} is already complete"))
+                closed = cancelled_error(key) if cancelled else RunClosedError(f"run stream {key!r} is already complete")
+                self._fail_opens([key], closed)
                 continue
             self._opening.pop(key, None)
             self._runs.setdefault(key, _Run(key, top))
@@ -703,6 +781,15 @@ def _shown(timeout: float | None) -> str:
 
 class _AlreadyComplete(Exception):
     """A batch holding only a terminal chunk found the run already closed."""
+
+
+class _Cancelled(Exception):
+    """The batch found the run ended by a cancel (a terminal marked cancelled)."""
+
+
+def _ms(value: bytes) -> int | None:
+    """A timestamp field (ms since the epoch) as an int; ``None`` when missing or not a decimal."""
+    return int(value) if value.isdigit() else None
 
 
 def _groups(batches: list[tuple[_Run, list[_Chunk]]], cluster: bool) -> list[list[tuple[_Run, list[_Chunk]]]]:
@@ -755,6 +842,8 @@ def _batch_error(key: str, chunks: list[_Chunk], outcome: object, after: int | N
     status, top = outcome[0], int(outcome[1])
     if status in (b"ok", b"dup"):
         return None
+    if status == b"cancelled":
+        return _Cancelled()
     if status == b"closed":
         if len(chunks) == 1 and chunks[0].complete:
             return _AlreadyComplete()
