@@ -151,10 +151,17 @@ impl Parser {
 pub fn is_terminal(chunk: &str) -> bool {
     static DONE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("[DONE]"));
     static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("error"));
-    if DONE.find(chunk.as_bytes()).is_none() && ERROR.find(chunk.as_bytes()).is_none() {
+    static CANCELLED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("cancelled"));
+    let bytes = chunk.as_bytes();
+    if DONE.find(bytes).is_none() && ERROR.find(bytes).is_none() && CANCELLED.find(bytes).is_none() {
         return false;
     }
-    lines(chunk).any(|line| matches!(line.field(), Some(("data", "[DONE]", _)) | Some(("event", "error", _))))
+    lines(chunk).any(|line| {
+        matches!(
+            line.field(),
+            Some(("data", "[DONE]", _)) | Some(("event", "error", _)) | Some(("event", "cancelled", _))
+        )
+    })
 }
 
 /// The chunk with its last event carrying `id: <event_id>` (see docs/codec.md).

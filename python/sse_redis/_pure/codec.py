@@ -28,7 +28,7 @@ _U64 = 1 << 64
 _BREAK = re.compile(r"\r\n|\r|\n")
 _BREAK_KEPT = re.compile(r"(\r\n|\r|\n)")
 _BAD_FIELD = re.compile(r"[\r\n\0]")
-_TERMINAL = re.compile(r"(?:\A|(?<=[\r\n]))(?:data: ?\[DONE\]|event: ?error)(?=[\r\n]|\Z)")
+_TERMINAL = re.compile(r"(?:\A|(?<=[\r\n]))(?:data: ?\[DONE\]|event: ?(?:error|cancelled))(?=[\r\n]|\Z)")
 
 
 # ---------------------------------------------------------------- argument checks
@@ -345,12 +345,19 @@ def patch_nulls(text: str, run_id: str | None, seq_id: int | None) -> str:
 # ---------------------------------------------------------------- is_terminal
 
 
-_TERMINAL_TEXTS = ("data: [DONE]", "data:[DONE]", "event: error", "event:error")
+_TERMINAL_TEXTS = (
+    "data: [DONE]",
+    "data:[DONE]",
+    "event: error",
+    "event:error",
+    "event: cancelled",
+    "event:cancelled",
+)
 
 
 def is_terminal(chunk: str) -> bool:
     _check_str(chunk, "chunk")
-    # A terminal line holds one of these four texts whole; "error" alone is a
+    # A terminal line holds one of these six texts whole; "error" alone is a
     # common word in messages and would send most chunks to the regex.
     if not any(text in chunk for text in _TERMINAL_TEXTS):
         return False
