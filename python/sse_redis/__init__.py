@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 
 from ._backend import BACKEND
 from ._backend import module as _module
+from .control import AsyncRunControl, RunControl, RunInfo
 from .errors import (
     RedisUnavailable,
+    RunCancelled,
     RunClosedError,
     SSERedisError,
     StaleWriterError,
@@ -25,7 +27,7 @@ from .errors import (
     WriteTimeout,
 )
 from .keys import ClusterKeyLayout, KeyLayout
-from .processor import aprocess_stream, process_stream
+from .processor import aprocess_stream, cancel_event, cancelled, process_stream
 from .reader import AsyncStreamReader, StreamReader
 from .writer import AsyncStreamWriter, StreamWriter
 
@@ -57,13 +59,17 @@ else:
 
 __all__ = [
     "BACKEND",
+    "AsyncRunControl",
     "AsyncStreamReader",
     "AsyncStreamWriter",
     "ClusterKeyLayout",
     "Event",
     "KeyLayout",
     "RedisUnavailable",
+    "RunCancelled",
     "RunClosedError",
+    "RunControl",
+    "RunInfo",
     "SSEParser",
     "SSERedisError",
     "StaleWriterError",
@@ -74,6 +80,8 @@ __all__ = [
     "StreamWriter",
     "WriteTimeout",
     "aprocess_stream",
+    "cancel_event",
+    "cancelled",
     "encode_event",
     "is_terminal",
     "patch_nulls",
