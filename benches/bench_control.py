@@ -48,7 +48,8 @@ def cancel_delays(url: str, backend: str, cancels: int) -> list[float]:
     other = subprocess.Popen(
         [sys.executable, "-c", CANCELLER, url, backend], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    assert other.stdin is not None and other.stdout is not None
+    assert other.stdin is not None
+    assert other.stdout is not None
     assert other.stdout.readline().strip() == "ready"
     delays: list[float] = []
 
@@ -66,12 +67,15 @@ def cancel_delays(url: str, backend: str, cancels: int) -> list[float]:
                     closed[run] = time.time()
 
             task = asyncio.create_task(aprocess_stream(source(), writer, run))
-            while not await writer.last_seq(run):
+            for _ in range(5000):  # until its first chunk is stored
+                if await writer.last_seq(run):
+                    break
                 await asyncio.sleep(0.002)
             await asyncio.sleep(0.01)  # idle: the source waits
 
             def cancel(run: str = run) -> tuple[float, bool]:
-                assert other.stdin is not None and other.stdout is not None
+                assert other.stdin is not None
+                assert other.stdout is not None
                 other.stdin.write(run + "\n")
                 other.stdin.flush()
                 at, ok = other.stdout.readline().split()
@@ -104,7 +108,10 @@ def status_rate(url: str, backend: str, seconds: float = 2.0) -> float:
 
 def report(url: str, cancels: int) -> list[str]:
     lines = [
-        f"**Run control**: cancel (another process) -> idle source closed, {cancels} cancels; status calls/s (one thread).",
+        (
+            f"**Run control**: cancel (another process) -> idle source closed, {cancels} cancels; "
+            "status calls/s (one thread)."
+        ),
         "",
         "| way | cancels | p50 ms | p90 ms | p99 ms | max ms | status calls/s |",
         "|---|---:|---:|---:|---:|---:|---:|",

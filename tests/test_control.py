@@ -38,7 +38,7 @@ from sse_redis import _pure as pure_codec
 from sse_redis.keys import notice_channel, status_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benches"))
-from _reference import ReferenceWriter  # noqa: E402
+from _reference import ReferenceWriter
 
 STOP_END_TURN = 'data: {"message_type":"stop_reason","stop_reason":"end_turn"}\n\n'
 
@@ -156,7 +156,8 @@ def test_registered_run_without_chunks_can_be_cancelled(backend, redis_url, make
     info = control.status(run)
     assert info is not None
     assert (info.state, info.last_seq) == ("running", 0)
-    assert info.started_at is not None and abs(info.started_at - time.time()) < 60
+    assert info.started_at is not None
+    assert abs(info.started_at - time.time()) < 60
     assert control.cancel(run, reason="stop before the first token") is True
     assert_cancelled_at_end(entries(r, f"sse:run:{run}"), "stop before the first token")
     info = control.status(run)
@@ -221,7 +222,8 @@ def test_cancel_racing_a_producer_never_stores_after_the_terminal(
         assert control.cancel(run, reason="race") is True
         thread.join(20)
         assert not thread.is_alive()
-        assert failure and isinstance(failure[0], RunCancelled)
+        assert failure
+        assert isinstance(failure[0], RunCancelled)
         writer.flush()
         assert_cancelled_at_end(entries(r, f"sse:run:{run}"), "race")
 
@@ -283,7 +285,8 @@ def test_status_across_states_and_ttl(backend, redis_url, make_writer, make_cont
     info = control.status(run)
     assert info is not None
     assert (info.state, info.last_seq, info.stop_reason) == ("running", 1, None)
-    assert info.started_at is not None and info.updated_at is not None
+    assert info.started_at is not None
+    assert info.updated_at is not None
     assert info.started_at <= info.updated_at
     assert r.ttl(status_key(key)) == r.ttl(key) == 500
     writer.write(run, STOP_END_TURN)
@@ -297,7 +300,9 @@ def test_status_across_states_and_ttl(backend, redis_url, make_writer, make_cont
     info = control.status(run)
     assert info is not None
     assert (info.state, info.last_seq, info.stop_reason) == ("completed", 4, "end_turn")
-    assert info.updated_at is not None and info.started_at is not None and info.updated_at > info.started_at + 1
+    assert info.updated_at is not None
+    assert info.started_at is not None
+    assert info.updated_at > info.started_at + 1
     assert r.ttl(status_key(key)) == r.ttl(key)
     assert r.hgetall(status_key(key))["state"] == "completed"
     writer.delete(run)  # the status goes with the stream
@@ -329,7 +334,8 @@ def test_status_of_a_stream_the_reference_wrote(backend, redis_url, make_control
     info = control.status(run)
     assert info is not None
     assert (info.state, info.last_seq, info.stop_reason) == ("running", 2, None)
-    assert info.started_at is not None and info.updated_at is not None
+    assert info.started_at is not None
+    assert info.updated_at is not None
     reference.write(run, "data: [DONE]\n\n")
     info = control.status(run)
     assert info is not None
@@ -340,7 +346,8 @@ def test_status_of_a_stream_the_reference_wrote(backend, redis_url, make_control
     assert control.cancel(live, reason="stop") is True
     r = redis_py.Redis.from_url(redis_url, decode_responses=True)
     ids = [entry_id for entry_id, _ in r.xrange(f"sse:run:{live}")]
-    assert len(ids) == 2 and not ids[1].startswith("0-")
+    assert len(ids) == 2
+    assert not ids[1].startswith("0-")
     assert_cancelled_at_end(entries(r, f"sse:run:{live}"), "stop")
     reference.close()
 
@@ -355,10 +362,12 @@ def test_async_run_control(backend, redis_url, make_writer, run_id):
             writer.write(run, chunk(1))
             writer.flush()
             info = await control.status(run)
-            assert info is not None and info.state == "running"
+            assert info is not None
+            assert info.state == "running"
             assert await control.cancel(run, reason="async") is True
             info = await control.status(run)
-            assert info is not None and (info.state, info.last_seq, info.stop_reason) == ("cancelled", 2, "async")
+            assert info is not None
+            assert (info.state, info.last_seq, info.stop_reason) == ("cancelled", 2, "async")
 
     asyncio.run(main())
 
@@ -398,10 +407,12 @@ class Canceller:
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "ready"
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready"
 
     def cancel(self, run: str, reason: str = "stop") -> tuple[float, bool]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(f"{run} {reason}\n")
         self.process.stdin.flush()
         at, ok = self.process.stdout.readline().split()
@@ -434,6 +445,15 @@ class Finish:
         self.calls.append((run_id, status, stop_reason, error))
 
 
+async def until_stored(writer: Any, run: str) -> None:
+    """Wait (at most 10 s) until the run's first chunk is stored."""
+    for _ in range(2000):
+        if await writer.last_seq(run):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"run {run} has no chunk stored")
+
+
 async def _idle_async_run(writer: Any, run: str, closed: dict[str, float], finish: Finish) -> str:
     async def source() -> Any:
         try:
@@ -463,8 +483,7 @@ def test_cancel_from_another_process_stops_an_idle_async_run(
 
     async def main() -> None:
         task = asyncio.create_task(_idle_async_run(writer, run, closed, finish))
-        while not await writer.last_seq(run):
-            await asyncio.sleep(0.01)
+        await until_stored(writer, run)
         follower = _follow(reader, run, read)
         await asyncio.sleep(0.2)
         at, ok = await asyncio.to_thread(other.cancel, run, "remote")
@@ -475,7 +494,8 @@ def test_cancel_from_another_process_stops_an_idle_async_run(
 
     asyncio.run(main())
     assert finish.calls == [(run, "cancelled", "remote", None)]
-    assert len(read) == 2 and read[-1].startswith("event: cancelled\n")
+    assert len(read) == 2
+    assert read[-1].startswith("event: cancelled\n")
 
 
 def test_cancel_from_another_process_stops_an_idle_sync_run(
@@ -515,7 +535,8 @@ def test_cancel_from_another_process_stops_an_idle_sync_run(
     assert finish.calls == [(run, "cancelled", "sync-stop", None)]
     assert_cancelled_at_end(entries(r, f"sse:run:{run}"), "sync-stop")
     info = control.status(run)
-    assert info is not None and (info.state, info.last_seq) == ("cancelled", 2)
+    assert info is not None
+    assert (info.state, info.last_seq) == ("cancelled", 2)
 
 
 def test_cancel_before_the_first_chunk_of_a_processed_run(backend, redis_url, make_async_writer, make_control, run_id):
@@ -533,11 +554,13 @@ def test_cancel_before_the_first_chunk_of_a_processed_run(backend, redis_url, ma
 
     async def main() -> None:
         task = asyncio.create_task(aprocess_stream(source(), writer, run, on_finish=finish))
-        deadline = time.monotonic() + 10
-        while control.status(run) is None and time.monotonic() < deadline:
+        for _ in range(1000):
+            if control.status(run) is not None:
+                break
             await asyncio.sleep(0.01)
         info = control.status(run)
-        assert info is not None and (info.state, info.last_seq) == ("running", 0)
+        assert info is not None
+        assert (info.state, info.last_seq) == ("running", 0)
         assert control.cancel(run, reason="early")
         assert await asyncio.wait_for(task, 10) == "cancelled"
 
@@ -557,8 +580,7 @@ def test_cancel_stop_latency_bound_over_many_cancels(backend, redis_url, make_as
         for _ in range(30):
             run, finish, closed = run_id(), Finish(), {}
             task = asyncio.create_task(_idle_async_run(writer, run, closed, finish))
-            while not await writer.last_seq(run):
-                await asyncio.sleep(0.005)
+            await until_stored(writer, run)
             await asyncio.sleep(0.02)
             at, ok = await asyncio.to_thread(other.cancel, run, "bench")
             assert ok
@@ -584,8 +606,7 @@ def test_remote_cancel_reaches_a_writer_of_another_process_through_a_cut_subscri
 
     async def main() -> None:
         task = asyncio.create_task(_idle_async_run(writer, run, closed, finish))
-        while not await writer.last_seq(run):
-            await asyncio.sleep(0.01)
+        await until_stored(writer, run)
         await asyncio.sleep(0.2)
         proxy.blackhole(new=False)  # the links go silent: no FIN, no RST
         at = time.time()
@@ -608,8 +629,7 @@ def test_remote_cancel_after_a_reset_subscriber_link(
 
     async def main() -> None:
         task = asyncio.create_task(_idle_async_run(writer, run, closed, finish))
-        while not await writer.last_seq(run):
-            await asyncio.sleep(0.01)
+        await until_stored(writer, run)
         await asyncio.sleep(0.2)
         proxy.drop_all()  # every link reset
         at = time.time()
@@ -646,7 +666,9 @@ def test_without_channel_rights_the_producer_polls(backend, dedicated_server, ma
 
     results: list[str] = []
     with caplog.at_level("WARNING", logger="sse_redis.control"):
-        thread = threading.Thread(target=lambda: results.append(process_stream(source(), writer, run, on_finish=finish)))
+        thread = threading.Thread(
+            target=lambda: results.append(process_stream(source(), writer, run, on_finish=finish))
+        )
         thread.start()
         deadline = time.monotonic() + 10
         while not writer.last_seq(run) and time.monotonic() < deadline:
@@ -676,8 +698,7 @@ def test_cluster_cancel_and_status(backend, valkey_cluster, make_async_writer, c
         for run, finish in zip(runs, finishes, strict=True):
             tasks.append(asyncio.create_task(_idle_async_run(writer, run, closed, finish)))
         for run in runs:
-            while not await writer.last_seq(run):
-                await asyncio.sleep(0.01)
+            await until_stored(writer, run)
         await asyncio.sleep(0.3)
         for run, task in zip(runs, tasks, strict=True):
             at, ok = await asyncio.to_thread(other.cancel, run, "cluster")
@@ -692,12 +713,15 @@ def test_cluster_cancel_and_status(backend, valkey_cluster, make_async_writer, c
     for run in runs:
         key = layout.key(run)
         info = control.status(run)
-        assert info is not None and (info.state, info.last_seq, info.stop_reason) == ("cancelled", 2, "cluster")
+        assert info is not None
+        assert (info.state, info.last_seq, info.stop_reason) == ("cancelled", 2, "cluster")
         assert_cancelled_at_end([fields for _, fields in cluster.xrange(key)], "cluster")
         assert cluster.ttl(status_key(key)) == cluster.ttl(key)
     empty = run_id()
-    assert control.start(empty) and control.cancel(empty)
+    assert control.start(empty)
+    assert control.cancel(empty)
     info = control.status(empty)
-    assert info is not None and info.state == "cancelled"
+    assert info is not None
+    assert info.state == "cancelled"
     control.close()
     cluster.close()

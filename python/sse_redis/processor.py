@@ -308,7 +308,7 @@ async def aprocess_stream(
                 except StopAsyncIteration:
                     break
                 except asyncio.CancelledError:
-                    if watch.cancelled and not _cancelling():
+                    if watch.event.is_set() and not _cancelling():
                         break  # our own stop_source: the run was cancelled
                     raise
                 finally:
@@ -339,6 +339,7 @@ async def aprocess_stream(
         if run.error is not None and on_failure is not None:
             await call("on_failure", on_failure)
         # Closing the stream must finish even when the task is being cancelled.
+        closing: Awaitable[Any]
         if run.remote_cancel:
             closing = writer.flush(run_id=run_id)  # its terminal is stored: what we sent is refused
         elif run.error is not None:

@@ -384,8 +384,9 @@ class WriterEngine:
 
     def _control_script(self, key: str, writer: bytes, mode: bytes, data: str = "") -> list[Any]:
         """One ``append.lua`` call in a run control mode; its one batch reply."""
-        args = (writer, self._max_len, self._ttl, b"s" if self._cluster else b"p", 0, 1, mode)
-        args += (data, int(time.time() * 1000), b"1" if mode == b"c" else b"")
+        notice = b"s" if self._cluster else b"p"
+        complete = b"1" if mode == b"c" else b""
+        args = (writer, self._max_len, self._ttl, notice, 0, 1, mode, data, int(time.time() * 1000), complete)
 
         def call(client: links.Client) -> Any:
             if self._sha is None:
@@ -401,7 +402,8 @@ class WriterEngine:
             raise _unexpected(reply)
         if reply[0][0] == b"wrongtype":
             raise SSERedisError(f"{key!r} holds a value that is not a stream")
-        return cast("list[Any]", reply[0])
+        batch: list[Any] = reply[0]
+        return batch
 
     def cancel(self, key: str, data: str) -> int | None:
         """Store ``data`` as the run's cancel terminal after whatever its top
@@ -426,7 +428,6 @@ class WriterEngine:
 
     def last_seq(self, key: str) -> int:
         return self._control(lambda client: read_top(client, key))[0]
-
 
     def delete(self, key: str) -> None:
         """Delete the run's stream and forget the run (a broken one too), once its batch in flight
@@ -742,7 +743,9 @@ class WriterEngine:
             # Not an error, so the XREVRANGE's entries (links.pipeline's replies are untyped).
             top, complete, cancelled = _top(cast("list[links.RawEntry]", reply))
             if complete:
-                closed = cancelled_error(key) if cancelled else RunClosedError(f"run stream {key!r} is already complete")
+                closed = (
+                    cancelled_error(key) if cancelled else RunClosedError(f"run stream {key!r} is already complete")
+                )
                 self._fail_opens([key], closed)
                 continue
             self._opening.pop(key, None)
