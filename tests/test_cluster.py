@@ -35,7 +35,7 @@ def blocked_clients(cluster: Any) -> int:
 
 def test_many_runs_over_buckets_exactly_once(backend, valkey_cluster, make_writer, open_reader, run_id, codec):
     """40 live runs land in many slots; every reader gets its run in order,
-    and the hub listens for notices on at most one connection per bucket."""
+    and the hub listens for notices on one connection per primary node."""
     url = valkey_cluster.seed_url
     writer = make_writer(url, cluster=True)
     reader = open_reader(url, cluster=True)
@@ -53,7 +53,7 @@ def test_many_runs_over_buckets_exactly_once(backend, valkey_cluster, make_write
         if i == 15:
             time.sleep(0.2)  # readers are live by now: the rest arrives by notice
             stats = reader._hub.get().stats()
-            assert 0 < stats["listeners"] <= BUCKETS
+            assert 0 < stats["listeners"] <= 3  # the 3x2 cluster's primaries, whatever the runs and buckets
             assert stats["blockers"] == 0
             assert blocked_clients(valkey_cluster) == 0
     for run in runs:

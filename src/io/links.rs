@@ -47,6 +47,8 @@ pub enum Target {
 pub struct ClusterTarget {
     seed: Endpoint,
     nodes: Mutex<Vec<String>>,
+    /// The slot map as last read: `(first slot, last slot, primary)`.
+    slots: Mutex<Vec<(u16, u16, String)>>,
 }
 
 impl Target {
@@ -65,7 +67,7 @@ impl Target {
             return Err(TargetError::NotOnCluster("ssl_check_hostname=false"));
         }
         let seed = format!("{host}:{port}");
-        let target = ClusterTarget { seed: endpoint, nodes: Mutex::new(vec![seed]) };
+        let target = ClusterTarget { seed: endpoint, nodes: Mutex::new(vec![seed]), slots: Mutex::new(Vec::new()) };
         target.node_client(None).map_err(|e| TargetError::InvalidUrl(e.kind_text()))?;
         Ok(Target::Cluster(target))
     }
@@ -107,15 +109,14 @@ impl Target {
     }
 
     /// A RESP3 connection for a listener (pushes arrive as push frames, apart
-    /// from replies): to the single server, or to the cluster node `node`,
-    /// else the `attempt`-th known node. Returns the node it reached.
+    /// from replies): to the single server, or to the cluster node `node`
+    /// (`host:port`).
     pub fn connect_listener(
         &self,
-        node: Option<&str>,
-        attempt: usize,
+        node: &str,
         connect_timeout: Duration,
         read_timeout: Option<Duration>,
-    ) -> RedisResult<(Connection, Option<String>)> {
+    ) -> RedisResult<Connection> {
         let resp3 = |info: &ConnectionInfo| {
             info.clone().set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3))
         };
@@ -127,18 +128,11 @@ impl Target {
                 if let Some(name) = &endpoint.client_name {
                     redis::cmd("CLIENT").arg("SETNAME").arg(name).exec(&mut con)?;
                 }
-                Ok((con, None))
+                Ok(con)
             }
             Target::Cluster(cluster) => {
-                let node = match node {
-                    Some(node) => node.to_owned(),
-                    None => {
-                        let nodes = cluster.nodes.lock().unwrap_or_else(|p| p.into_inner());
-                        nodes[attempt % nodes.len()].clone()
-                    }
-                };
-                let client = client(&resp3(&cluster.node_info(&node)?), cluster.seed.certs.as_ref(), false)?;
-                Ok((connect(&client, connect_timeout, read_timeout)?, Some(node)))
+                let client = client(&resp3(&cluster.node_info(node)?), cluster.seed.certs.as_ref(), false)?;
+                connect(&client, connect_timeout, read_timeout)
             }
         }
     }
@@ -146,6 +140,29 @@ impl Target {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Target::Cluster(_))
     }
+
+    /// The node owning `key`'s slot as last read ('' on one server; `None`:
+    /// no node owns it in the map, e.g. mid-failover).
+    pub fn owner(&self, key: &str) -> Option<String> {
+        match self {
+            Target::Single(_) => Some(String::new()),
+            Target::Cluster(cluster) => cluster.owner(key),
+        }
+    }
+
+    /// Reads the cluster's slot map again (after a MOVED seen outside the
+    /// cluster connection, or a node lost); nothing to do on one server.
+    pub fn refresh_slots(&self, connect_timeout: Duration) -> RedisResult<()> {
+        match self {
+            Target::Single(_) => Ok(()),
+            Target::Cluster(cluster) => cluster.refresh_slots(connect_timeout),
+        }
+    }
+}
+
+/// A key's cluster slot: CRC16 (XMODEM) of its hash tag, else of the key, mod 16384.
+pub fn key_slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(slot_group(key).as_bytes()) % 16384
 }
 
 impl ClusterTarget {
@@ -185,15 +202,24 @@ impl ClusterTarget {
         Ok(con)
     }
 
-    /// Remembers every node of the slot map (masters and replicas), the seed first.
-    fn learn_nodes(&self, con: &mut ClusterConnection) -> RedisResult<()> {
+    /// Remembers every node of the slot map (masters and replicas), the seed
+    /// first, and which primary owns which slots.
+    fn learn_nodes(&self, con: &mut dyn ConnectionLike) -> RedisResult<()> {
         let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query(con)?;
         let mut seen = vec![self.nodes.lock().unwrap_or_else(|p| p.into_inner())[0].clone()];
+        let mut slots = Vec::new();
         for range in array(&reply) {
-            for node in array(range).iter().skip(2) {
+            let bounds = match array(range) {
+                [Value::Int(first), Value::Int(last), ..] => u16::try_from(*first).ok().zip(u16::try_from(*last).ok()),
+                _ => None,
+            };
+            for (i, node) in array(range).iter().skip(2).enumerate() {
                 if let [host, Value::Int(port), ..] = array(node) {
                     let host = text(host).filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
                     let addr = format!("{host}:{port}");
+                    if let (0, Some((first, last))) = (i, bounds) {
+                        slots.push((first, last, addr.clone()));
+                    }
                     if !seen.contains(&addr) {
                         seen.push(addr);
                     }
@@ -201,7 +227,32 @@ impl ClusterTarget {
             }
         }
         *self.nodes.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        *self.slots.lock().unwrap_or_else(|p| p.into_inner()) = slots;
         Ok(())
+    }
+
+    /// Reads the slot map again from the first known node that answers.
+    fn refresh_slots(&self, connect_timeout: Duration) -> RedisResult<()> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut last = None;
+        for node in &nodes {
+            let tried = self
+                .node_client(Some(node))
+                .and_then(|c| connect(&c, connect_timeout, Some(connect_timeout)))
+                .and_then(|mut con| self.learn_nodes(&mut con));
+            match tried {
+                Ok(()) => return Ok(()),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| RedisError::from((redis::ErrorKind::Client, "no cluster node known"))))
+    }
+
+    /// The primary owning `key`'s slot, as the slot map last read has it.
+    fn owner(&self, key: &str) -> Option<String> {
+        let slot = key_slot(key);
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.iter().find(|(first, last, _)| (*first..=*last).contains(&slot)).map(|(_, _, node)| node.clone())
     }
 }
 

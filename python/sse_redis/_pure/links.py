@@ -236,6 +236,21 @@ def known_nodes(client: Client) -> list[str]:
     return []
 
 
+def owner(client: Client, key: str) -> str:
+    """The ``host:port`` of the cluster node owning ``key``'s slot, as the
+    client's slot map has it ('' on one server)."""
+    if isinstance(client, RedisCluster):
+        return cluster_calls(client).get_node_from_key(key).name
+    return ""
+
+
+def refresh_slots(client: Client) -> None:
+    """Read the cluster's slot map again (after a MOVED seen outside the
+    client, or a node lost)."""
+    if isinstance(client, RedisCluster):
+        client.nodes_manager.initialize()
+
+
 def on_node(client: Client, node: str | None, *args: object) -> object:
     """A command on the cluster node ``node``; any command on one server."""
     if isinstance(client, RedisCluster) and node is not None:

@@ -5,7 +5,7 @@
 //! group gained keys, and runs the safety check of the keys followed by
 //! notice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use redis::{RedisError, Value};
 use super::subscription::{hub_entry, parse_id, HubEntry, SubState, Table};
 use super::{blocker, listener, Delivery, Shared};
 use crate::io::entries::parse_range;
-use crate::io::links::{cause, is_link_error, redirect, Link};
+use crate::io::links::{cause, is_link_error, key_slot, redirect, Link};
 
 /// The fetcher's first pause after a failed round; it doubles per failure in a
 /// row up to `MAX_PAUSE` (an outage costs neither a busy loop nor a flood of
@@ -26,7 +26,7 @@ pub(super) fn run(shared: &Arc<Shared>) {
     let mut con: Option<Link> = None;
     let mut pause = FIRST_PAUSE;
     let mut next_check = Instant::now() + shared.opts.check_interval;
-    // Listen sets whose slot moves: checked every MIGRATING_POLL.
+    // Keys whose slot moves: checked every MIGRATING_POLL.
     let mut migrating: HashSet<String> = HashSet::new();
     let mut next_poll = Instant::now();
     loop {
@@ -261,7 +261,7 @@ fn caught_up(
         return Ok(()); // fetched no more than the room: never happens, never overfills
     }
     let Some(sub_last) = table.subs.get(&sid).map(|s| s.last) else { return Ok(()) };
-    if let Some(known) = table.listeners.get_mut(shared.group_of(&plan.key)).and_then(|l| l.keys.get_mut(&plan.key)) {
+    if let Some(known) = table.listen_set(&plan.key).and_then(|l| l.keys.get_mut(&plan.key)) {
         *known = (*known).max(sub_last); // fetched: no notice of these is news, nor a miss
     }
     if entries.iter().any(|e| e.complete) {
@@ -284,21 +284,18 @@ fn caught_up(
 /// or blocker started, or its key set widened, when needed.
 fn go_live(shared: &Arc<Shared>, table: &mut Table, sid: u64, key: String) -> Result<(), RedisError> {
     let Some(sub_last) = table.subs.get(&sid).map(|s| s.last) else { return Ok(()) };
-    let by_notice = shared.opts.delivery == Delivery::Notify
-        && table.ours.get(&key).copied().unwrap_or(false)
-        && !table.notices_refused;
+    // A cluster key's listen set is its slot's owner; none known (mid-failover): XREAD.
+    let owner = if table.notices_refused { None } else { shared.target.owner(&key) };
+    let by_notice =
+        shared.opts.delivery == Delivery::Notify && table.ours.get(&key).copied().unwrap_or(false) && owner.is_some();
     let name = shared.group_of(&key).to_owned();
     let known = if by_notice {
         if let Some(group) = table.groups.get_mut(&name) {
             group.keys.remove(&key); // it was missing, or not ours, when it went live before
         }
-        table.listeners.get(&name).and_then(|l| l.keys.get(&key)).copied()
+        table.listen_set(&key).and_then(|l| l.keys.get(&key)).copied()
     } else {
-        if let Some(listen) = table.listeners.get_mut(&name) {
-            if listen.keys.remove(&key).is_some() {
-                listen.channels.remove(&listener::notice_channel(&key));
-            }
-        }
+        table.stop_listening(&key);
         table.groups.get(&name).and_then(|g| g.keys.get(&key)).copied()
     };
     if known.is_some_and(|known| known > sub_last) {
@@ -311,13 +308,14 @@ fn go_live(shared: &Arc<Shared>, table: &mut Table, sid: u64, key: String) -> Re
     if known.is_some() {
         return Ok(());
     }
-    if by_notice {
-        if !table.listeners.contains_key(&name) {
-            listener::start(shared, &name)?;
+    if let (true, Some(node)) = (by_notice, owner) {
+        if !table.listeners.contains_key(&node) {
+            listener::start(shared, &node)?;
         }
-        let listen = table.listeners.entry(name).or_default();
+        let listen = table.listeners.entry(node.clone()).or_default();
         listen.channels.insert(listener::notice_channel(&key), key.clone());
-        listen.keys.insert(key, sub_last);
+        listen.keys.insert(key.clone(), sub_last);
+        table.listening_on.insert(key, node);
         shared.changed.notify_all();
         return Ok(()); // the listener subscribes within a tick, then has the key caught up
     }
@@ -337,19 +335,20 @@ fn go_live(shared: &Arc<Shared>, table: &mut Table, sid: u64, key: String) -> Re
 const CHECK_CHUNK: usize = 500;
 
 /// Every `check_interval`, the top of every stream followed by notice (of the
-/// listen sets in `only`, when given): one that expired or was lost and
-/// written again below a reader's cursor ends its readers (`StreamNotFound`),
-/// and one that grew past what the hub knows (a notice lost: see
-/// `listener.rs`) is fetched now. Returns the listen sets whose slot is
-/// migrating (their notices may go to the importing node), which the fetcher
-/// checks again every `MIGRATING_POLL` until the move ends; and whether there
-/// was anything to check.
+/// keys in `only`, when given): one that expired or was lost and written
+/// again below a reader's cursor ends its readers (`StreamNotFound`), and one
+/// that grew past what the hub knows (a notice lost: see `listener.rs`) is
+/// fetched now. One script call per slot (its keys must share one) and
+/// `CHECK_CHUNK` keys. Returns the keys whose slot is migrating (their notices
+/// may go to the importing node), which the fetcher checks again every
+/// `MIGRATING_POLL` until the move ends; and whether there was anything to
+/// check.
 fn safety_check(
     shared: &Shared,
     con: &mut Link,
     only: Option<&HashSet<String>>,
 ) -> Result<(HashSet<String>, bool), RedisError> {
-    let sets: Vec<(String, Vec<String>)> = {
+    let by_slot: HashMap<u16, Vec<String>> = {
         let table = shared.lock();
         let followed = |key: &String| {
             table
@@ -357,18 +356,19 @@ fn safety_check(
                 .get(key)
                 .is_some_and(|ids| ids.iter().any(|i| table.subs.get(i).is_some_and(|s| s.state == SubState::Ok)))
         };
-        table
-            .listeners
-            .iter()
-            .filter(|(name, _)| only.is_none_or(|only| only.contains(*name)))
-            .map(|(name, l)| (name.clone(), l.keys.keys().filter(|k| followed(k)).cloned().collect()))
-            .collect()
+        let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+        let keys = table.listeners.values().flat_map(|l| l.keys.keys());
+        for key in keys.filter(|k| only.is_none_or(|only| only.contains(*k)) && followed(k)) {
+            let slot = if shared.target.is_cluster() { key_slot(key) } else { 0 };
+            by_slot.entry(slot).or_default().push(key.clone());
+        }
+        by_slot
     };
-    if sets.iter().all(|(_, keys)| keys.is_empty()) {
+    if by_slot.is_empty() {
         return Ok((HashSet::new(), false));
     }
     let (mut missed, mut migrating) = (false, HashSet::new());
-    for (name, keys) in sets {
+    for keys in by_slot.values() {
         for chunk in keys.chunks(CHECK_CHUNK) {
             shared.count(|s| s.checks += 1);
             let mut call = blocker::TOPS_SCRIPT.prepare_invoke();
@@ -378,7 +378,7 @@ fn safety_check(
             match call.invoke::<Vec<String>>(con) {
                 Ok(tops) => missed |= checked(shared, chunk, &tops),
                 Err(err) if redirect(&err).is_some_and(|(moved, _)| !moved) || err.code() == Some("TRYAGAIN") => {
-                    migrating.insert(name.clone());
+                    migrating.extend(chunk.iter().cloned());
                     poll_migrating(shared, chunk);
                 }
                 Err(err) => return Err(err),
@@ -410,8 +410,7 @@ fn checked(shared: &Shared, keys: &[String], tops: &[String]) -> bool {
     let mut any_missed = false;
     for (key, top) in keys.iter().zip(tops) {
         let newest = (!top.is_empty()).then(|| parse_id(top));
-        let name = shared.group_of(key);
-        let known = table.listeners.get_mut(name).and_then(|l| l.keys.get_mut(key));
+        let known = table.listen_set(key).and_then(|l| l.keys.get_mut(key));
         let missed = match (newest, known) {
             (Some(newest), Some(known)) if newest > *known => {
                 *known = newest;

@@ -2,9 +2,11 @@
 //! each holds one subscriber connection, subscribed to the notice channels of
 //! the keys its listen set follows, and on a notice has the fetcher
 //! range-read the notified keys' subscriptions. One server has one listener
-//! (`SUBSCRIBE`; the writers `PUBLISH`); a cluster has one per slot group, on
-//! the slot's owner (`SSUBSCRIBE`: a sharded channel lives on its slot's
-//! shard), following MOVED there.
+//! (`SUBSCRIBE`; the writers `PUBLISH`); a cluster has one per node that owns
+//! followed keys' slots (`SSUBSCRIBE`: a sharded channel lives on its slot's
+//! shard). A key whose slot moved (MOVED, the server unsubscribing its
+//! channel, the node lost) goes back to the fetcher, which has it caught up
+//! and hands it to its new owner's listener.
 //!
 //! Notices are hints, never the data. Why nothing is lost, nor late past
 //! `check_interval` (10 s by default), when one is lost:
@@ -40,7 +42,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, PushKind, RedisError, Value};
 
 use super::Shared;
-use crate::io::links::{cause, is_link_error, redirect, slot_group};
+use crate::io::links::{cause, is_link_error, key_slot, redirect, slot_group};
 
 /// How long a read for pushes waits before the listener looks for channels to
 /// (un)subscribe: the most a new key's first notice can wait for its
@@ -90,7 +92,8 @@ struct Listener<'a> {
     /// The hub's `probe_asked` when this listener last probed.
     probes_asked: u64,
     delay: Duration,
-    attempt: usize,
+    /// The server dropped a channel (its slot moved away): keys to rehome.
+    moved: bool,
 }
 
 fn run(shared: &Shared, name: &str) {
@@ -105,7 +108,7 @@ fn run(shared: &Shared, name: &str) {
         next_probe: Instant::now() + shared.opts.check_interval,
         probes_asked: 0,
         delay: Duration::from_millis(10),
-        attempt: 0,
+        moved: false,
     };
     while listener.has_keys() {
         match listener.round() {
@@ -157,23 +160,17 @@ impl Listener<'_> {
                 Err(err) => return Err(err),
             }
         }
+        if std::mem::take(&mut self.moved) {
+            rehome(self.shared, self.name);
+        }
         self.check_link()
     }
 
     fn connect(&mut self) -> Result<(), RedisError> {
-        let shared = self.shared;
-        let node = shared.lock().listeners.get(self.name).and_then(|l| l.node.clone());
-        let (con, node) = shared.target.connect_listener(
-            node.as_deref(),
-            self.attempt,
-            shared.opts.connect_timeout,
-            Some(CONFIRM_WITHIN),
-        )?;
+        let opts = &self.shared.opts;
+        let con = self.shared.target.connect_listener(self.name, opts.connect_timeout, Some(CONFIRM_WITHIN))?;
         self.con = Some(con);
         (self.requested, self.confirmed, self.probe) = (HashMap::new(), HashSet::new(), None);
-        if let Some(listen) = shared.lock().listeners.get_mut(self.name) {
-            listen.node = node;
-        }
         Ok(())
     }
 
@@ -190,8 +187,15 @@ impl Listener<'_> {
         let gone: Vec<String> = self.requested.keys().filter(|c| !wanted.contains(*c)).cloned().collect();
         let (subscribe, unsubscribe) =
             if self.sharded { ("SSUBSCRIBE", "SUNSUBSCRIBE") } else { ("SUBSCRIBE", "UNSUBSCRIBE") };
-        for chunk in new.chunks(CHUNK) {
-            self.send(subscribe, chunk)?;
+        // One SSUBSCRIBE names channels of one slot only.
+        let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+        for channel in &new {
+            by_slot.entry(if self.sharded { key_slot(channel) } else { 0 }).or_default().push(channel.clone());
+        }
+        for channels in by_slot.values() {
+            for chunk in channels.chunks(CHUNK) {
+                self.send(subscribe, chunk)?;
+            }
         }
         for channel in new {
             self.requested.insert(channel, now);
@@ -243,12 +247,12 @@ impl Listener<'_> {
                     subscribed(self.shared, self.name, &channel);
                 }
             }
-            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
-                // Not asked for (those left `requested` when sent): the server
-                // dropped it, as it does for a slot that moved; the next sync
-                // subscribes again, on the new owner (MOVED), and catches up.
-                self.requested.remove(&channel);
+            // Not asked for (those left `requested` when sent): the server
+            // dropped it, as it does for a slot that moved away; its key goes
+            // to the slot's new owner (or here again, subscribed anew).
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.requested.remove(&channel).is_some() => {
                 self.confirmed.remove(&channel);
+                self.moved = true;
             }
             _ => {}
         }
@@ -270,15 +274,9 @@ impl Listener<'_> {
     fn round_failed(&mut self, err: &RedisError) {
         let shared = self.shared;
         self.con = None; // every channel is subscribed again, and caught up on
-        match redirect(err) {
-            Some((true, node)) => {
-                if let Some(listen) = shared.lock().listeners.get_mut(self.name) {
-                    listen.node = Some(node); // the slot has a new owner: listen there
-                }
-                return;
-            }
-            Some((false, _)) => return, // ASK: the slot moves; subscribe again on the owner
-            None => {}
+        if redirect(err).is_some() {
+            rehome(shared, self.name); // MOVED or ASK: a slot moved, or moves: its keys go to their owner
+            return;
         }
         if !is_link_error(err) {
             // NOPERM (no channel rights), or a server that cannot (no RESP3,
@@ -287,17 +285,15 @@ impl Listener<'_> {
             return;
         }
         shared.link_failed();
-        let mut table = shared.lock();
-        if let Some(listen) = table.listeners.get_mut(self.name) {
-            listen.node = None; // after a failover, any live node redirects to the owner
+        {
+            let mut table = shared.lock();
+            if err.is_timeout() {
+                table.relink_query = true; // silent, not closed: the fetcher's link likely is too
+            }
+            table.stats.reconnects += 1;
+            table.events.push("reconnect", cause(err, CONFIRM_WITHIN));
         }
-        if err.is_timeout() {
-            table.relink_query = true; // silent, not closed: the fetcher's link likely is too
-        }
-        table.stats.reconnects += 1;
-        table.events.push("reconnect", cause(err, CONFIRM_WITHIN));
-        drop(table);
-        self.attempt += 1;
+        rehome(shared, self.name); // the node may be gone (a failover): its keys go to the new owners
         std::thread::sleep(self.delay);
         self.delay = (self.delay * 2).min(Duration::from_secs(1));
     }
@@ -340,6 +336,30 @@ fn subscribed(shared: &Shared, name: &str, channel: &str) {
     let Some(key) = table.listeners.get(name).and_then(|l| l.channels.get(channel)).cloned() else { return };
     for sid in table.following(&key) {
         shared.refetch(&mut table, sid);
+    }
+}
+
+/// The slot map is read again, and the keys of listen set `name` whose slot
+/// another node owns now go back to the fetcher: it has them caught up, then
+/// hands them to their owner's listener (notices published meanwhile went
+/// there). On one server there is nothing to move.
+fn rehome(shared: &Shared, name: &str) {
+    if !shared.target.is_cluster() || shared.target.refresh_slots(shared.opts.connect_timeout).is_err() {
+        return; // on a cluster the map stays as it was: the next failure tries again
+    }
+    let mut table = shared.lock();
+    let keys: Vec<String> = table.listeners.get(name).map(|l| l.keys.keys().cloned().collect()).unwrap_or_default();
+    for key in keys {
+        if shared.target.owner(&key).as_deref() == Some(name) {
+            continue;
+        }
+        table.stop_listening(&key);
+        for sid in table.following(&key) {
+            if let Some(sub) = table.subs.get_mut(&sid).filter(|s| s.live) {
+                sub.live = false;
+                shared.queue_fetch(&mut table, sid);
+            }
+        }
     }
 }
 

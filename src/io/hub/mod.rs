@@ -239,15 +239,10 @@ impl Hub {
             if ids.is_empty() {
                 table.by_key.remove(&sub.key);
                 table.ours.remove(&sub.key);
-                let name = self.shared.group_of(&sub.key);
-                if let Some(group) = table.groups.get_mut(name) {
+                if let Some(group) = table.groups.get_mut(self.shared.group_of(&sub.key)) {
                     group.keys.remove(&sub.key);
                 }
-                if let Some(listen) = table.listeners.get_mut(name) {
-                    if listen.keys.remove(&sub.key).is_some() {
-                        listen.channels.remove(&listener::notice_channel(&sub.key));
-                    }
-                }
+                table.stop_listening(&sub.key);
             }
         }
         if let Some(waker) = sub.waker.and_then(|w| table.wakers.get_mut(&w)) {

@@ -146,15 +146,14 @@ pub struct Group {
     pub node: Option<String>,
 }
 
-/// The keys one listener follows by notice, with the newest entry id the hub
-/// knows of each (from notices, fetches and safety checks).
+/// The keys one listener follows by notice (a listen set: every key on one
+/// server, the keys whose slots a node owns on a cluster), with the newest
+/// entry id the hub knows of each (from notices, fetches and safety checks).
 #[derive(Default)]
 pub struct Listen {
     pub keys: HashMap<String, (u64, u64)>,
     /// Notice channel -> stream key.
     pub channels: HashMap<String, String>,
-    /// The cluster node (`host:port`) it listens on, or should connect to.
-    pub node: Option<String>,
 }
 
 /// Everything the hub knows, under its one lock.
@@ -163,7 +162,10 @@ pub struct Table {
     pub subs: HashMap<u64, Sub>,
     pub by_key: HashMap<String, Vec<u64>>,
     pub groups: HashMap<String, Group>,
+    /// By node ('' on one server).
     pub listeners: HashMap<String, Listen>,
+    /// Key -> the listen set following it.
+    pub listening_on: HashMap<String, String>,
     /// Whether each followed key's stream was written by this library (its
     /// newest entry seen has a `writer` field): only those get notices.
     pub ours: HashMap<String, bool>,
@@ -216,6 +218,22 @@ impl Table {
         sub.notified = true;
         if let Some(waker) = sub.waker.and_then(|w| self.wakers.get_mut(&w)) {
             waker.mark_ready(sid);
+        }
+    }
+
+    /// The listen set following `key` by notice, if one does.
+    pub fn listen_set(&mut self, key: &str) -> Option<&mut Listen> {
+        let name = self.listening_on.get(key)?;
+        self.listeners.get_mut(name)
+    }
+
+    /// `key` leaves its listen set (if in one).
+    pub fn stop_listening(&mut self, key: &str) {
+        let Some(name) = self.listening_on.remove(key) else { return };
+        if let Some(listen) = self.listeners.get_mut(&name) {
+            if listen.keys.remove(key).is_some() {
+                listen.channels.remove(&super::listener::notice_channel(key));
+            }
         }
     }
 

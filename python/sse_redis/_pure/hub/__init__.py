@@ -87,7 +87,8 @@ class Shared:
         self.subs: dict[int, Sub] = {}
         self.by_key: dict[str, list[Sub]] = {}
         self.groups: dict[str, Group] = {}
-        self.listeners: dict[str, Listen] = {}
+        self.listeners: dict[str, Listen] = {}  # by node ('' on one server)
+        self.listening_on: dict[str, str] = {}  # key -> the listen set following it
         # Whether each followed key's stream was written by this library (its
         # newest entry seen has a ``writer`` field): only those get notices.
         self.ours: dict[str, bool] = {}
@@ -118,6 +119,27 @@ class Shared:
     def group_of(self, key: str) -> str:
         """The blocker group of ``key``: all keys on one server, its slot on a cluster."""
         return links.slot_group(key) if self.cluster else ""
+
+    def owner_of(self, key: str) -> str | None:
+        """The listen set of ``key``: '' on one server, the node owning its
+        slot on a cluster (a listener per node: sharded channels live on
+        their slot's node); ``None`` when no node owns it in the slot map
+        (mid-failover)."""
+        try:
+            return links.owner(self.query, key) if self.cluster else ""
+        except links.LINK_ERRORS:
+            return None
+
+    def listen_set(self, key: str) -> Listen | None:
+        name = self.listening_on.get(key)
+        return None if name is None else self.listeners.get(name)
+
+    def stop_listening(self, key: str) -> None:
+        """``key`` leaves its listen set (if in one). Caller holds the lock."""
+        name = self.listening_on.pop(key, None)
+        listen = None if name is None else self.listeners.get(name)
+        if listen is not None and listen.keys.pop(key, None) is not None:
+            listen.channels.pop(notice_channel(key), None)
 
     def watched(self, key: str) -> tuple[int, int] | None:
         group = self.groups.get(self.group_of(key))
@@ -256,9 +278,7 @@ class ReaderHub:
                 group = shared.groups.get(shared.group_of(sub.key))
                 if group is not None:
                     group.keys.pop(sub.key, None)
-                listen = shared.listeners.get(shared.group_of(sub.key))
-                if listen is not None and listen.keys.pop(sub.key, None) is not None:
-                    listen.channels.pop(notice_channel(sub.key), None)
+                shared.stop_listening(sub.key)
             waker = shared.wakers.get(sub.waker) if sub.waker is not None else None
             if waker is not None:
                 waker.forget(sid)

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 import redis
+from redis.crc import key_slot
 
 from ..._states import SubState
 from ...keys import notice_channel
@@ -41,7 +42,7 @@ MAX_PAUSE = 1.0
 def run(shared: Shared) -> None:
     pause = FIRST_PAUSE
     next_check = time.monotonic() + shared.check_interval
-    migrating: set[str] = set()  # listen sets whose slot moves: checked every MIGRATING_POLL
+    migrating: set[str] = set()  # keys whose slot moves: checked every MIGRATING_POLL
     next_poll = 0.0
     while True:
         with shared.lock:
@@ -202,7 +203,7 @@ def _caught_up(shared: Shared, plan: _Plan, replies: list[object]) -> None:
     entries = [to_entry(i, f) for i, f in raw]
     if not shared.push(sub, entries):
         return  # cannot happen (fetched no more than the room), but never overfill
-    listen = shared.listeners.get(shared.group_of(sub.key))
+    listen = shared.listen_set(sub.key)
     if listen is not None and listen.keys.get(sub.key, sub.last) < sub.last:
         listen.keys[sub.key] = sub.last  # fetched: no notice of these is news, nor a miss
     if any(entry[3] for entry in entries):
@@ -222,18 +223,18 @@ def _go_live(shared: Shared, sub: Sub) -> None:
     by a blocker's XREAD (any other stream, a missing one included), a
     listener or blocker started, or its key set widened, when needed. Caller
     holds the lock."""
-    by_notice = shared.delivery == "notify" and shared.ours.get(sub.key, False) and not shared.notices_refused
+    # A cluster key's listen set is its slot's owner; none known (mid-failover): XREAD.
+    node = None if shared.notices_refused else shared.owner_of(sub.key)
+    by_notice = shared.delivery == "notify" and shared.ours.get(sub.key, False) and node is not None
     name = shared.group_of(sub.key)
     if by_notice:
         group = shared.groups.get(name)
         if group is not None:
             group.keys.pop(sub.key, None)  # it was missing, or not ours, when it went live before
-        listen = shared.listeners.get(name)
+        listen = shared.listen_set(sub.key)
         known = None if listen is None else listen.keys.get(sub.key)
     else:
-        listen = shared.listeners.get(name)
-        if listen is not None and listen.keys.pop(sub.key, None) is not None:
-            listen.channels.pop(notice_channel(sub.key), None)
+        shared.stop_listening(sub.key)
         known = shared.watched(sub.key)
     if known is not None and known > sub.last:
         shared.queue_fetch(sub)  # newer entries were seen meanwhile
@@ -241,12 +242,14 @@ def _go_live(shared: Shared, sub: Sub) -> None:
     sub.live = True
     if known is not None:
         return
-    if by_notice:
+    if by_notice and node is not None:
+        listen = shared.listeners.get(node)
         if listen is None:
-            listen = shared.listeners[name] = Listen()
-            threading.Thread(target=listener.run, args=(shared, name), name="sse-redis-listen", daemon=True).start()
+            listen = shared.listeners[node] = Listen()
+            threading.Thread(target=listener.run, args=(shared, node), name="sse-redis-listen", daemon=True).start()
         listen.keys[sub.key] = sub.last
         listen.channels[notice_channel(sub.key)] = sub.key
+        shared.listening_on[sub.key] = node
         return  # the listener subscribes within a tick, then has the key caught up
     group = shared.groups.get(name)
     if group is None:
@@ -265,32 +268,33 @@ CHECK_CHUNK = 500
 
 def safety_check(shared: Shared, only: set[str] | None = None) -> tuple[set[str], bool]:
     """Every ``check_interval``, the top of every stream followed by notice
-    (of the listen sets named in ``only``, when given): one that expired or
-    was lost and written again below a reader's cursor ends its readers
+    (of the keys in ``only``, when given): one that expired or was lost and
+    written again below a reader's cursor ends its readers
     (``StreamNotFound``), and one that grew past what the hub knows (a notice
-    lost: see the hub's docstring) is fetched now. Returns the listen sets
-    whose slot is migrating (their notices may go to the importing node):
-    the fetcher checks those again every ``MIGRATING_POLL`` until the move
-    ends; and whether there was anything to check."""
+    lost: see the listener) is fetched now. One script call per slot (its
+    keys must share one) and ``CHECK_CHUNK`` keys. Returns the keys whose slot
+    is migrating (their notices may go to the importing node): the fetcher
+    checks those again every ``MIGRATING_POLL`` until the move ends; and
+    whether there was anything to check."""
     with shared.lock:
-        groups = {
-            name: [k for k in listen.keys if any(s.state == SubState.OK for s in shared.by_key.get(k, ()))]
-            for name, listen in shared.listeners.items()
-            if only is None or name in only
-        }
-    if not any(groups.values()):
+        by_slot: dict[object, list[str]] = {}
+        for listen in shared.listeners.values():
+            for key in listen.keys:
+                if (only is None or key in only) and any(s.state == SubState.OK for s in shared.by_key.get(key, ())):
+                    by_slot.setdefault(key_slot(key.encode()) if shared.cluster else 0, []).append(key)
+    if not by_slot:
         return set(), False
     if shared.tops is None:
         shared.tops = shared.query.register_script(blocker.TOPS_SCRIPT)
     missed, migrating = False, set()
-    for name, keys in groups.items():
+    for keys in by_slot.values():
         for i in range(0, len(keys), CHECK_CHUNK):
             chunk = keys[i : i + CHECK_CHUNK]
             shared.count("checks")
             try:
                 tops = shared.tops(keys=chunk, client=shared.query)
             except (redis.exceptions.AskError, redis.exceptions.TryAgainError):
-                migrating.add(name)
+                migrating.update(chunk)
                 _poll_migrating(shared, chunk)
                 continue
             with shared.lock:
@@ -317,7 +321,7 @@ def _checked(shared: Shared, keys: list[str], tops: list[bytes]) -> bool:
     any_missed = False
     for key, raw in zip(keys, tops, strict=False):
         newest = parse_id(raw.decode()) if raw else None
-        listen = shared.listeners.get(shared.group_of(key))
+        listen = shared.listen_set(key)
         known = None if listen is None else listen.keys.get(key)
         missed = newest is not None and known is not None and newest > known
         if missed and listen is not None and newest is not None:

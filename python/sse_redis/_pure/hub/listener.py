@@ -6,8 +6,10 @@ keys' subscriptions.  Notices are hints; why nothing is lost, nor late past
 (``src/io/hub/listener.rs``), and holds here step for step.
 
 One server has one listener (``SUBSCRIBE``; the writers ``PUBLISH``); a
-cluster has one per slot group, on the slot's owner (``SSUBSCRIBE``: a
-sharded channel lives on its slot's shard), following MOVED there.
+cluster has one per node that owns followed keys' slots (``SSUBSCRIBE``: a
+sharded channel lives on its slot's shard). A key whose slot moved (MOVED,
+the server unsubscribing its channel, the node lost) goes back to the fetcher,
+which has it caught up and hands it to its new owner's listener.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.crc import key_slot
 
 from .. import links
 from ..links import LINK_ERRORS
@@ -51,7 +54,7 @@ class _Listener:
         self.next_probe = time.monotonic() + shared.check_interval
         self.probes_asked = 0  # the hub's `probe_asked` when this listener last probed
         self.delay = 0.01
-        self.attempt = 0
+        self.moved = False  # a channel was dropped by the server: keys to send to their owners
 
     def listen_set(self) -> Listen | None:
         """Waits until the listen set has keys; ``None`` when the hub closed, or
@@ -82,20 +85,18 @@ class _Listener:
             if message is None:
                 break
             self.handle(listen, message)
+        if self.moved:
+            self.moved = False
+            rehome(self.shared, self.name)
         self.check_link()
 
     def connect(self, listen: Listen) -> None:
         shared = self.shared
-        node = listen.node
-        if node is None and shared.cluster:
-            nodes = links.known_nodes(shared.query)
-            node = nodes[self.attempt % len(nodes)] if nodes else None
         # The read timeout bounds a push read half-way; waits are get_message's.
+        node = self.name or None
         self.client = links.connect_node(shared.url, node, shared.connect_timeout, CONFIRM_WITHIN, single=False)
         self.pubsub = self.client.pubsub()
         self.requested, self.confirmed, self.probe = {}, set(), None
-        with shared.lock:
-            listen.node = node
 
     def drop(self) -> None:
         if self.pubsub is not None:
@@ -113,8 +114,13 @@ class _Listener:
         now = time.monotonic()
         new = [c for c in wanted if c not in self.requested]
         gone = [c for c in self.requested if c not in wanted]
-        for i in range(0, len(new), CHUNK):
-            self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", new[i : i + CHUNK])
+        # One SSUBSCRIBE names channels of one slot only.
+        by_slot: dict[int, list[str]] = {}
+        for channel in new:
+            by_slot.setdefault(key_slot(channel.encode()) if self.sharded else 0, []).append(channel)
+        for channels in by_slot.values():
+            for i in range(0, len(channels), CHUNK):
+                self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", channels[i : i + CHUNK])
         for channel in new:
             self.requested[channel] = now
         for i in range(0, len(gone), CHUNK):
@@ -153,10 +159,11 @@ class _Listener:
                 subscribed(self.shared, listen, channel)
         elif kind in ("unsubscribe", "sunsubscribe") and channel in self.requested:
             # Not asked for (those left `requested` when sent): the server
-            # dropped it, as it does for a slot that moved; the next sync
-            # subscribes again, on the new owner (MOVED), and catches up.
+            # dropped it, as it does for a slot that moved away; its key goes
+            # to the slot's new owner (or here again, subscribed anew).
             self.requested.pop(channel, None)
             self.confirmed.discard(channel)
+            self.moved = True
 
     def check_link(self) -> None:
         """A subscribe (or probe) unconfirmed past ``CONFIRM_WITHIN``: the
@@ -196,6 +203,31 @@ def subscribed(shared: Shared, listen: Listen, channel: str) -> None:
             shared.refetch(sub)
 
 
+def rehome(shared: Shared, name: str) -> None:
+    """The slot map is read again, and the keys of listen set ``name`` whose
+    slot another node owns now go back to the fetcher: it has them caught
+    up, then hands them to their owner's listener (notices published meanwhile
+    went there). On one server there is nothing to move."""
+    if not shared.cluster:
+        return
+    try:
+        links.refresh_slots(shared.query)
+    except (redis.RedisError, *LINK_ERRORS):
+        return  # the map stays as it was: the next failure tries again
+    with shared.lock:
+        listen = shared.listeners.get(name)
+        keys = list(listen.keys) if listen is not None else []
+    owners = {key: shared.owner_of(key) for key in keys}  # None: no owner now (a failover)
+    with shared.lock:
+        for key in keys:
+            if owners[key] != name and shared.listening_on.get(key) == name:
+                shared.stop_listening(key)
+                for sub in shared.by_key.get(key, ()):
+                    if sub.live:
+                        sub.live = False
+                        shared.queue_fetch(sub)
+
+
 def refused(shared: Shared, why: str) -> None:
     """The server refused to let this hub listen (an ACL without channel
     rights, or a server without sharded pub/sub before Redis 7): every key
@@ -222,21 +254,18 @@ def run(shared: Shared, name: str) -> None:
             listener.round(listen)
             listener.delay = 0.01
             shared.link_ok()
-        except redis.exceptions.AskError as exc:
-            listener.drop()  # MOVED: the slot has a new owner, listen there; ASK: it moves, subscribe again
-            if isinstance(exc, redis.exceptions.MovedError):
-                with shared.lock:
-                    listen.node = links.redirect(exc)[1]  # type: ignore[index]
+        except redis.exceptions.AskError:
+            listener.drop()  # MOVED or ASK: a slot moved, or moves: its keys go to their owner
+            rehome(shared, name)
         except LINK_ERRORS as exc:
             listener.drop()  # every channel is subscribed again, and caught up on
             with shared.lock:
-                listen.node = None  # any live node redirects to the owner
                 if isinstance(exc, redis.TimeoutError):
                     shared.relink_query = True  # silent, not closed: the fetcher's link likely is too
                 shared.stats["reconnects"] += 1
                 shared.events.push("reconnect", links.cause(exc, CONFIRM_WITHIN))
-            listener.attempt += 1
             shared.link_failed()
+            rehome(shared, name)  # the node may be gone (a failover): its keys go to the new owners
             time.sleep(listener.delay)
             listener.delay = min(listener.delay * 2, 1.0)
         except redis.ResponseError as exc:

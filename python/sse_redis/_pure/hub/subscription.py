@@ -101,12 +101,13 @@ class Group:
 
 
 class Listen:
-    """The keys one listener follows by notice, with the newest entry ID the
-    hub knows of each (from notices, fetches and safety checks)."""
+    """The keys one listener follows by notice (a listen set: every key on
+    one server, the keys whose slots a node owns on a cluster), with the
+    newest entry ID the hub knows of each (from notices, fetches and safety
+    checks)."""
 
-    __slots__ = ("channels", "keys", "node")
+    __slots__ = ("channels", "keys")
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[int, int]] = {}
         self.channels: dict[str, str] = {}  # notice channel -> stream key
-        self.node: str | None = None  # the cluster node it listens on, or should reach
