@@ -655,7 +655,12 @@ impl Engine {
                 self.shared.changed.notify_all();
             }
         }
-        self.control(|c| redis::cmd("DEL").arg(key).arg(status_key(key)).query::<()>(c))
+        self.control(|c| redis::cmd("DEL").arg(key).query::<()>(c))?;
+        // Its status too; a user without rights on it (least privilege) keeps it.
+        match self.control(|c| redis::cmd("DEL").arg(status_key(key)).query::<()>(c)) {
+            Err(WriteError::CommandRefused(err)) if err.code() == Some("NOPERM") => Ok(()),
+            other => other,
+        }
     }
 
     pub fn stats(&self) -> Stats {

@@ -446,7 +446,13 @@ class WriterEngine:
                     if run in self._failed:
                         self._failed.remove(run)
                 self._cv.notify_all()
-        self._control(lambda client: client.delete(key, status_key(key)))
+        self._control(lambda client: client.delete(key))
+        # Its status too; a user without rights on it (least privilege) keeps it.
+        try:
+            self._control(lambda client: client.delete(status_key(key)))
+        except SSERedisError as exc:
+            if "NOPERM" not in str(exc) and "permission" not in str(exc).lower():
+                raise
 
     def stats(self) -> dict[str, int]:
         with self._cv:
