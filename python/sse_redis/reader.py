@@ -116,6 +116,30 @@ def cursor_of(starting_after: int | None, last_event_id: str | None) -> int:
     return starting_after
 
 
+# One SSE event as sse-starlette's ``EventSourceResponse`` takes it (a dict it
+# encodes field by field): ``id`` (the chunk's seq id), ``data``, and ``event``
+# and ``retry`` when the stored event has them.
+SSEEvent = dict[str, "str | int"]
+
+
+def events_of(codec: Any, chunk: str) -> list[SSEEvent]:
+    """The events of one chunk the reader yielded (``id: <seq>`` set), each
+    carrying the chunk's seq id; none for a ping comment."""
+    parser = codec.SSEParser()
+    events = parser.feed(chunk)
+    seq = parser.last_event_id
+    out: list[SSEEvent] = []
+    for event in events:
+        item: SSEEvent = {"id": seq}
+        if event.event != "message":
+            item["event"] = event.event
+        item["data"] = event.data
+        if event.retry is not None:
+            item["retry"] = event.retry
+        out.append(item)
+    return out
+
+
 class _Follow:
     """One read's progress: the cursor, the clocks, and what entries mean."""
 
@@ -347,6 +371,28 @@ class StreamReader:
             self._counters.ended(failed)
             hub.unsubscribe(sid)
 
+    def read_events(
+        self,
+        run_id: str,
+        starting_after: int | None = None,
+        *,
+        last_event_id: str | None = None,
+        idle_timeout: float | None = None,
+        missing_timeout: float | None = None,
+    ) -> Iterator[SSEEvent]:
+        """As ``read``, one item per stored SSE event: a dict with ``id`` (its
+        chunk's seq id, the terminal's included), ``data``, and ``event`` and
+        ``retry`` when set, which sse-starlette's ``EventSourceResponse``
+        sends as it is.  Pings are left to it."""
+        for chunk in self.read(
+            run_id,
+            starting_after,
+            last_event_id=last_event_id,
+            idle_timeout=idle_timeout,
+            missing_timeout=missing_timeout,
+        ):
+            yield from events_of(self._module, chunk)
+
     def stats(self) -> dict[str, float]:
         """Counters of this reader in this process (the same keys on both backends):
 
@@ -517,6 +563,31 @@ class AsyncStreamReader:
             deadline.cancel()
             waker.waiting.pop(sid, None)
             hub.unsubscribe(sid)
+
+    async def read_events(
+        self,
+        run_id: str,
+        starting_after: int | None = None,
+        *,
+        last_event_id: str | None = None,
+        idle_timeout: float | None = None,
+        missing_timeout: float | None = None,
+    ) -> AsyncIterator[SSEEvent]:
+        """As ``StreamReader.read_events``, for ``async for`` (and for
+        ``EventSourceResponse(reader.read_events(run_id))``)."""
+        chunks = self.read(
+            run_id,
+            starting_after,
+            last_event_id=last_event_id,
+            idle_timeout=idle_timeout,
+            missing_timeout=missing_timeout,
+        )
+        try:
+            async for chunk in chunks:
+                for event in events_of(self.sync._module, chunk):
+                    yield event
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
 
     def stats(self) -> dict[str, float]:
         """``StreamReader.stats`` (no I/O, hence not a coroutine)."""
