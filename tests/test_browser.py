@@ -73,3 +73,31 @@ def test_a_finished_run_answers_204_so_eventsource_stops(browser, app_url: str) 
         assert status == 204
     finally:
         page.close()
+
+
+def test_stop_pressed_on_one_instance_stops_a_run_another_produces(browser, served: Served, redis_url, backend):
+    """The page follows a run that instance A produces; its Stop request lands
+    on instance B (another app on the same Redis, as behind a load balancer).
+    The run's producer on A stops, and the page ends on the ``cancelled``
+    terminal, every chunk before it once, in order."""
+    import httpx
+
+    secret = os.urandom(32)
+    producing = serve_app(served, create_app(redis_url, backend=backend, chunks=400, token_delay=0.02, secret=secret))
+    other = serve_app(served, create_app(redis_url, backend=backend, chunks=400, token_delay=0.02, secret=secret))
+    page = browser.new_page()
+    try:
+        page.goto(producing)
+        page.click("#start")
+        page.wait_for_function("window.seen.length >= 10", timeout=15_000)
+        run = page.evaluate("window.run")
+        answer = httpx.post(f"{other}/runs/{run['run_id']}/cancel?token={run['token']}", timeout=10)
+        assert answer.json() == {"cancelled": True}
+        page.wait_for_function("window.done === true", timeout=15_000)
+        seen = page.evaluate("window.seen")
+        assert page.evaluate("window.cancelled") == "stopped from the page"
+        assert seen == list(range(1, len(seen) + 1)), "chunks lost, repeated or out of order"
+        assert len(seen) < 400, "the producer was not stopped"
+        assert "stopped" in page.inner_text("#status")
+    finally:
+        page.close()

@@ -4,6 +4,7 @@ background and streams them to browsers, resumably.
     POST /runs                      start a run -> {"run_id", "token", "stream_url"}
     GET  /runs/{run_id}/stream      the run as SSE (EventSource resumes with Last-Event-ID)
     POST /runs/{run_id}/drop        cut every open stream of the run (the page's button)
+    POST /runs/{run_id}/cancel      stop the run, from whichever instance gets it (the Stop button)
     GET  /                          the page
 
 Readers need the run's token (``?token=``, since EventSource cannot set
@@ -28,6 +29,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from ..control import AsyncRunControl
 from ..processor import aprocess_stream
 from ..reader import AsyncStreamReader
 from ..starlette import stream_run
@@ -49,6 +51,7 @@ def create_app(
     secret = secret or secrets.token_bytes(32)
     writer = AsyncStreamWriter(redis_url, backend=backend, cluster=cluster)
     reader = AsyncStreamReader(redis_url, backend=backend, cluster=cluster, ping_interval=15, missing_timeout=5)
+    control = AsyncRunControl(redis_url, backend=backend, cluster=cluster)
     drops: dict[str, set[asyncio.Event]] = {}  # run -> the open streams' "stop" events
     tasks: set[asyncio.Task[str]] = set()
 
@@ -72,6 +75,7 @@ def create_app(
             task.cancel()
         await writer.close()
         reader.close()
+        await control.aclose()
 
     app = FastAPI(title="sse-redis example", lifespan=lifespan)
 
@@ -82,6 +86,9 @@ def create_app(
     @app.post("/runs")
     async def start_run() -> JSONResponse:
         run_id = f"run-{uuid.uuid4().hex}"
+        # Registered before its URL is handed out: a stream request that beats
+        # the producer's first step must find a running run, not a 204.
+        await control.start(run_id)
         task = asyncio.create_task(aprocess_stream(llm(chunks), writer, run_id))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -95,7 +102,9 @@ def create_app(
     async def stream(request: Request, run_id: str) -> Response:
         stop = asyncio.Event()
         drops.setdefault(run_id, set()).add(stop)
-        response = await stream_run(request, reader, run_id, authorize=authorize, retry_ms=300, until=stop)
+        response = await stream_run(
+            request, reader, run_id, authorize=authorize, control=control, retry_ms=300, until=stop
+        )
         if not hasattr(response, "body_iterator"):
             drops[run_id].discard(stop)
             return response
@@ -119,6 +128,14 @@ def create_app(
         for stop in open_streams:
             stop.set()
         return JSONResponse({"dropped": len(open_streams)})
+
+    @app.post("/runs/{run_id}/cancel")
+    async def cancel(request: Request, run_id: str) -> JSONResponse:
+        # Any instance can take this: the cancel is stored in Redis, and the
+        # instance producing the run stops its source by push.
+        if authorize(request, run_id) is not True:
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        return JSONResponse({"cancelled": await control.cancel(run_id, reason="stopped from the page")})
 
     return app
 
