@@ -13,7 +13,8 @@ the next (the run's next batch on the same connection: the common case):
 - rust / python: ``StreamWriter.write`` then ``flush(run_id=...)``: one
   ``EVALSHA`` of ``append.lua`` per chunk (trusted, notice published);
 - pipeline: redis-py sending ``XADD`` (same ID, fields and ``MAXLEN ~``) +
-  ``EXPIRE`` + ``PUBLISH`` in one non-transactional pipeline per chunk: the
+  ``EXPIRE`` + ``PUBLISH`` + the run's status ``HSET`` (what run control keeps
+  beside the stream) in one non-transactional pipeline per chunk: the
   same writes with no fencing;
 - XADD: a lone ``XADD`` per chunk, the floor.
 
@@ -36,7 +37,7 @@ from collections.abc import Callable
 import redis
 
 from sse_redis import StreamWriter
-from sse_redis.keys import KeyLayout, notice_channel
+from sse_redis.keys import KeyLayout, notice_channel, status_key
 from sse_redis.tools.corpus import llm_run_chunks
 from sse_redis.tools.measure import ServerProbe
 from sse_redis.tools.servers import RedisProcess, valkey_binary
@@ -64,7 +65,7 @@ def pipeline_way(url: str, notice: bool) -> tuple[Callable[[str, int], None], Ca
 
     def store(run: str, n: int) -> None:
         key = layout.key(run)
-        channel = notice_channel(key)
+        channel, status = notice_channel(key), status_key(key)
         for i in range(n):
             seq = i + 1
             fields = {"seq_id": seq, "data": CORPUS[i % len(CORPUS)], "timestamp": int(time.time() * 1000)}
@@ -76,6 +77,7 @@ def pipeline_way(url: str, notice: bool) -> tuple[Callable[[str, int], None], Ca
             pipe.xadd(key, fields, id=f"0-{seq}", maxlen=MAX_LEN)
             pipe.expire(key, TTL)
             pipe.publish(channel, seq)
+            pipe.hset(status, mapping={"state": "running", "last_seq": seq, "updated_at": fields["timestamp"]})
             pipe.execute()
 
     return store, client.close
