@@ -264,3 +264,24 @@ def test_until_ends_a_waiting_body_from_another_thread():
         event.set()
 
     assert asyncio.run(main()) < 2.0
+
+
+def test_pings_never_reach_an_sse_client_as_events(client, redis_url, backend):
+    """Pings are a comment line with no blank line of its own: httpx-sse (which
+    dispatches any block once an id was seen) yields no empty event for them."""
+    run = new_run()
+    write_run(redis_url, backend, run, 1, complete=False)
+    http = client(dict(ping_interval=0.05))
+    got: list[Any] = []
+
+    def read() -> None:
+        with httpx_sse.connect_sse(http, "GET", f"/runs/{run}/stream") as source:
+            got.extend(source.iter_sse())
+
+    reading = threading.Thread(target=read, daemon=True)
+    reading.start()
+    time.sleep(0.6)  # about 10 pings
+    with StreamWriter(redis_url, backend=backend) as writer:
+        writer.complete(run)
+    reading.join(20)
+    assert [(e.id, bool(e.data)) for e in got] == [("1", True), ("2", True)]

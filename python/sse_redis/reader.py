@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from ._core import ReaderHub
     from ._core import _Entry as Entry
 
-PING: Final = ": ping\n\n"
+# A comment line, with no blank line after it: a block of its own would reach
+# some clients (httpx-sse, once an id was seen) as an empty message.
+PING: Final = ": ping\n"
 MAX_CURSOR: Final = 2**63 - 1  # seq ids are stream ID parts; far beyond any real run
 
 log: logging.Logger = logging.getLogger("sse_redis.reader")
