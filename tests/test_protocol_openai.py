@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
@@ -239,6 +240,21 @@ def test_keep_alive_pings_never_reach_the_client(
         writer.flush()
         events = [first, *stream]
     assert [e.sequence_number for e in events] == list(range(1, len(stored) + 1))
+    # The pings were there, between events that carry no id:.
+    done = run_id()
+    with StreamWriter(redis_url, backend=backend) as writer:
+        writer.write(done, sse(stored[0]))
+        writer.flush()
+        with httpx.stream("GET", f"{url}/responses/{done}", params={"stream": "true"}, timeout=TIMEOUT) as answer:
+            body, parts = "", answer.iter_text()
+            while ": ping" not in body:
+                body += next(parts)
+            writer.write(done, sse(stored[-1]))
+            writer.flush()
+            body += "".join(parts)
+    assert "\nid:" not in body
+    assert not body.startswith("id:")
+    assert body.rstrip().endswith('"sequence_number":2}')
 
 
 def test_stream_helper_gets_the_final_response(client: Any, redis_url: str, backend: str, run_id: Any) -> None:
@@ -319,8 +335,6 @@ def test_unknown_response_is_404(client: Any, run_id: Any) -> None:
 
 
 def test_malformed_starting_after_is_400(base_url: Callable[..., str], run_id: Any) -> None:
-    import httpx
-
     url = base_url()
     answer = httpx.get(f"{url}/responses/{run_id()}", params={"stream": "true", "starting_after": "x"}, timeout=TIMEOUT)
     assert answer.status_code == 400
