@@ -143,7 +143,7 @@ async def serve_run(
         return Answer(400, TEXT_HEADERS, text=str(exc) if len(str(exc)) < 200 else "malformed run id")
     if retry_ms is not None and (isinstance(retry_ms, bool) or not isinstance(retry_ms, int) or retry_ms < 0):
         raise ValueError(f"retry_ms must be a non-negative int, not {retry_ms!r}")
-    control = control if control is not None else _control_of(reader)
+    control = control if control is not None else control_of(reader)
     known, info = True, None
     try:
         info = await control.status(run_id)
@@ -255,8 +255,10 @@ async def _until(chunks: AsyncIterator[str], stop: asyncio.Event, until: asyncio
 _controls: weakref.WeakKeyDictionary[AsyncStreamReader, AsyncRunControl] = weakref.WeakKeyDictionary()
 
 
-def _control_of(reader: AsyncStreamReader) -> AsyncRunControl:
-    """A run control on the reader's Redis, keys and backend (one per reader)."""
+def control_of(reader: AsyncStreamReader) -> AsyncRunControl:
+    """The run control ``serve_run`` uses when given none: one on the reader's
+    Redis, keys and backend, made once per reader (adapters that also cancel
+    or ask a status share it)."""
     control = _controls.get(reader)
     if control is None:
         sync = reader.sync
@@ -344,11 +346,14 @@ def _chain_signal(signum: signal.Signals) -> None:
 _hook_servers(chain=False)  # signals are chained only once a body is open: serving, not merely imported
 
 
+_control_of = control_of  # the name the protocol adapters were first written against
+
 __all__ = [
     "STREAM_ERROR_EVENT",
     "STREAM_HEADERS",
     "Answer",
     "Authorize",
+    "control_of",
     "resume_cursor",
     "serve_run",
     "shutdown",
