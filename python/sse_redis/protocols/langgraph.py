@@ -157,7 +157,7 @@ class _Api:
 
     @property
     def control(self) -> AsyncRunControl:
-        return self._control if self._control is not None else serving._control_of(self.reader)
+        return self._control if self._control is not None else serving.control_of(self.reader)
 
     async def _status(self, key: str) -> RunInfo | None:
         try:
