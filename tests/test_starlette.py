@@ -576,3 +576,26 @@ def test_example_app_drop_cuts_open_streams(example):
     more = events_of(rest.text)
     assert [int(e.id) for e in more] == list(range(int(last) + 1, 151))
     assert more[-1].data == "[DONE]"
+
+
+def test_example_app_serves_the_protocols_beside_its_own_endpoint(example):
+    """The same stored run under OpenAI's, LangGraph's and Durable Streams'
+    routes, each client's way of sending the token accepted, none without it."""
+    client = example(chunks=10, token_delay=0.001)
+    run = client.post("/runs").json()
+    run_id, token = run["run_id"], run["token"]
+    ids = [e.id for e in events_of(client.get(run["stream_url"]).text)]  # the whole run, to its terminal
+    durable = client.get(f"/streams/{run_id}", params={"offset": "-1", "token": token})
+    assert durable.status_code == 200
+    assert [m["id"] for m in durable.json()] == ids
+    assert durable.headers["Stream-Closed"] == "true"
+    openai = client.get(
+        f"/v1/responses/{run_id}", params={"stream": "true"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert openai.status_code == 200
+    assert openai.headers["content-type"].startswith("text/event-stream")
+    langgraph = client.get(f"/threads/t-1/runs/{run_id}/stream", headers={"x-api-key": token})
+    assert langgraph.status_code == 200
+    assert langgraph.headers["content-type"].startswith("text/event-stream")
+    for path in (f"/streams/{run_id}", f"/v1/responses/{run_id}?stream=true", f"/threads/t-1/runs/{run_id}/stream"):
+        assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code in (401, 403, 404)

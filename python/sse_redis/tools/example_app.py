@@ -5,6 +5,16 @@ background and streams them to browsers, resumably.
     GET  /runs/{run_id}/stream      the run as SSE (EventSource resumes with Last-Event-ID)
     POST /runs/{run_id}/drop        cut every open stream of the run (the page's button)
     POST /runs/{run_id}/cancel      stop the run, from whichever instance gets it (the Stop button)
+    GET  /v1/responses/{run_id}?stream=true&starting_after=N       the OpenAI Responses resume
+    GET  /threads/{thread_id}/runs/{run_id}/stream                 LangGraph's join-stream
+    GET  /streams/{run_id}?offset=...&live=long-poll|sse           a Durable Streams read
+
+The last three serve the same stored runs under other systems' resume
+contracts (``sse_redis.protocols``); each expects runs stored in its own
+event shape (see docs/protocols.md), which this app's simulated runs are not:
+they are mounted to show how, and take the run's token as ``?token=``, as
+``Authorization: Bearer`` (the OpenAI client's api_key) or ``x-api-key``
+(langgraph-sdk's).
     GET  /                          the page
 
 Readers need the run's token (``?token=``, since EventSource cannot set
@@ -31,6 +41,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..control import AsyncRunControl
 from ..processor import aprocess_stream
+from ..protocols import durable_streams, langgraph
+from ..protocols import openai as openai_protocol
 from ..reader import AsyncStreamReader
 from ..starlette import stream_run
 from ..writer import AsyncStreamWriter
@@ -62,6 +74,14 @@ def create_app(
         if not run_id.startswith("run-"):
             return 404
         return hmac.compare_digest(request.query_params.get("token", ""), token_for(run_id))
+
+    def authorize_client(request: Request, run_id: str) -> bool | int:
+        """The protocols' clients send the token as their API key."""
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        key = request.headers.get("x-api-key", "") or bearer
+        if run_id.startswith("run-") and key and hmac.compare_digest(key, token_for(run_id)):
+            return True
+        return authorize(request, run_id)
 
     async def llm(n: int) -> AsyncIterator[str]:
         for chunk in llm_run_chunks(n, seed=uuid.uuid4().int % 1000):
@@ -137,6 +157,8 @@ def create_app(
             return JSONResponse({"error": "forbidden"}, status_code=403)
         return JSONResponse({"cancelled": await control.cancel(run_id, reason="stopped from the page")})
 
+    for protocol in (openai_protocol, langgraph, durable_streams):
+        app.router.routes.extend(protocol.routes(reader, control=control, authorize=authorize_client))
     return app
 
 
