@@ -99,10 +99,11 @@ def resume_cursor(last_event_id: str | None, query: Mapping[str, str]) -> int:
     try:
         return cursor_of(None, value)
     except ValueError:
-        raise ValueError(f"the cursor must be a seq id (digits), not {_quoted(value)}") from None
+        raise ValueError(f"the cursor must be a seq id (digits), not {quoted(value)}") from None
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
+    """``repr(value)``, cut to ``MAX_QUOTED`` characters: a rejected value in an answer."""
     return repr(value) if len(value) <= MAX_QUOTED else repr(value[:MAX_QUOTED]) + f"... ({len(value)} characters)"
 
 
@@ -194,7 +195,7 @@ class _Body:
         return chunk.encode()
 
     async def run(self) -> AsyncIterator[bytes]:
-        stop = _register_open()
+        stop = register_open()
         try:
             if self.first is not None:
                 yield self.stamp(self.first)
@@ -207,7 +208,7 @@ class _Body:
         except SSERedisError as exc:
             yield stream_error_event(exc).encode()
         finally:
-            _unregister_open(stop)
+            unregister_open(stop)
             await self.chunks.aclose()  # type: ignore[attr-defined]
 
     async def _still_running(self) -> bool:
@@ -276,8 +277,9 @@ _open_lock = threading.Lock()
 _shutting_down = False
 
 
-def _register_open() -> asyncio.Event:
-    """A new body's stop event, which ``shutdown()`` sets."""
+def register_open() -> asyncio.Event:
+    """A new open body's (or long wait's) stop event, which ``shutdown()``
+    sets; give it back with ``unregister_open`` when the body ends."""
     _hook_servers()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -288,7 +290,7 @@ def _register_open() -> asyncio.Event:
     return stop
 
 
-def _unregister_open(stop: asyncio.Event) -> None:
+def unregister_open(stop: asyncio.Event) -> None:
     with _open_lock:
         _open.pop(stop, None)
 
@@ -346,17 +348,18 @@ def _chain_signal(signum: signal.Signals) -> None:
 _hook_servers(chain=False)  # signals are chained only once a body is open: serving, not merely imported
 
 
-_control_of = control_of  # the name the protocol adapters were first written against
-
 __all__ = [
     "STREAM_ERROR_EVENT",
     "STREAM_HEADERS",
     "Answer",
     "Authorize",
     "control_of",
+    "quoted",
+    "register_open",
     "resume_cursor",
     "serve_run",
     "shutdown",
     "stream_error_event",
+    "unregister_open",
     "verdict_of",
 ]

@@ -121,7 +121,7 @@ def cursor_of_offset(offset: str | None) -> int | None:
     if offset.isascii() and offset.isdigit() and len(offset) <= OFFSET_WIDTH and int(offset) <= MAX_CURSOR:
         return int(offset)
     raise ValueError(
-        f"the offset must be -1, now or a seq id of up to {OFFSET_WIDTH} digits, not {serving._quoted(offset)}"
+        f"the offset must be -1, now or a seq id of up to {OFFSET_WIDTH} digits, not {serving.quoted(offset)}"
     )
 
 
@@ -196,7 +196,7 @@ class _Adapter:
         self.max_chunks = max_chunks
 
     async def status(self, run_id: str) -> RunInfo | None:
-        control = self.control if self.control is not None else serving._control_of(self.reader)
+        control = self.control if self.control is not None else serving.control_of(self.reader)
         if isinstance(control, RunControl):
             return await asyncio.to_thread(control.status, run_id)
         return await control.status(run_id)
@@ -219,7 +219,7 @@ class _Adapter:
             cursor = cursor_of_offset(offset)
             live = query.get("live")
             if live not in (None, "long-poll", "sse"):
-                raise ValueError(f"live must be long-poll or sse, not {serving._quoted(live)}")
+                raise ValueError(f"live must be long-poll or sse, not {serving.quoted(live)}")
             if live is not None and offset is None:
                 raise ValueError(f"live={live} needs an offset (-1 for the start)")
         except (TypeError, ValueError) as exc:
@@ -252,7 +252,7 @@ class _Adapter:
             return Response(status_code=204, headers=headers)
         if read.cursor >= read.tail and not wait:
             return self.answer(read, [], read.cursor, ended=read.closed)
-        stop = serving._register_open()  # server shutdown ends the wait: answered as "nothing new"
+        stop = serving.register_open()  # server shutdown ends the wait: answered as "nothing new"
         pump = _Pump(self.reader.read(read.run_id, starting_after=read.cursor), stop)
         try:
             messages, last, ended = await self.gather(pump, read, self.long_poll_timeout if wait else CATCHUP_GRACE)
@@ -263,7 +263,7 @@ class _Adapter:
         except SSERedisError:
             return _text(503, "the stream cannot be read now (Redis unreachable?)")
         finally:
-            serving._unregister_open(stop)
+            serving.unregister_open(stop)
             await pump.aclose()
         if wait and not messages and not ended:
             headers = {**_BASE_HEADERS, NEXT_OFFSET: offset_of(last), UP_TO_DATE: "true"}
@@ -336,7 +336,7 @@ class _Adapter:
         if read.closed and read.cursor >= read.tail:
             yield _control(read.cursor, closed=True)
             return
-        stop = serving._register_open()
+        stop = serving.register_open()
         codec = self.reader.sync._module
         loop = asyncio.get_running_loop()
         ends = None if self.sse_lifetime is None else loop.time() + self.sse_lifetime
@@ -368,7 +368,7 @@ class _Adapter:
         except SSERedisError:
             return  # stalled, gone, trimmed, Redis down: no streamClosed; a reconnect gets the status
         finally:
-            serving._unregister_open(stop)
+            serving.unregister_open(stop)
             await pump.aclose()
 
 

@@ -87,7 +87,7 @@ def routes(
     ``control`` defaults to the serving core's run control of ``reader``."""
 
     def control_of() -> AsyncRunControl:
-        return control if control is not None else serving._control_of(reader)
+        return control if control is not None else serving.control_of(reader)
 
     async def retrieve(request: Request) -> Response:
         response_id = request.path_params["response_id"]
