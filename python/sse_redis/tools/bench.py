@@ -8,6 +8,12 @@ pytest-benchmark; this is the quick way to see them on your own machine.
 throughput is also measured for the reference's way (``ReferenceWriter``: one
 redis-py pipeline of ``XADD``s and an ``EXPIRE`` per buffer), the bar the two
 engines are compared with.
+
+``at_scale=True`` adds issue 12's delivery at scale, writer and readers in
+separate processes (``measure.delivery_at_scale``): the notify hub against
+``delivery="xread"``, one after the other on the same load (5,000 live runs
+at 5,000 chunks/s in total, readers in 4 processes; ``quick``: 1,000 runs
+at 1,000 chunks/s in 2).  ``benches/bench_delivery.py`` has every scenario.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from ..writer import StreamWriter
 from .corpus import llm_run_chunks
 from .measure import (
     ServerProbe,
+    delivery_at_scale,
     delivery_latency,
     percentiles,
     write_latency,
@@ -156,10 +163,16 @@ def _codec_us(backend: str, corpus: list[str]) -> float:
 
 
 def run_benchmarks(
-    url: str, *, quick: bool = False, plot: str | None = None, backends: Sequence[str] | None = None
+    url: str,
+    *,
+    quick: bool = False,
+    plot: str | None = None,
+    backends: Sequence[str] | None = None,
+    at_scale: bool = False,
 ) -> int:
     """Run the benchmarks on ``backends`` (default: both, or the pure one
-    where there is no Rust core), print the table, draw ``plot``."""
+    where there is no Rust core), print the table, draw ``plot``; with
+    ``at_scale``, the delivery-at-scale part too (see the module's docstring)."""
     if backends is None:
         backends = ["rust", "python"] if _backend._core is not None else ["python"]
     backends = list(backends)
@@ -221,12 +234,47 @@ def run_benchmarks(
         if not got["all_received"]:
             results.put("delivery, chunks missing", backend, "YES")
 
-    for name, fn in (
+    def many_runs(backend: str) -> None:
+        runs, rate, processes = (1000, 1000.0, 2) if quick else (5000, 5000.0, 4)
+        label = f"{runs:,} runs x {rate / runs:g}/s, {processes} reader processes"
+        got = {
+            way: delivery_at_scale(
+                url,
+                backend=backend,
+                delivery=way,
+                active=runs,
+                rate=rate,
+                window=3.0 if quick else 6.0,
+                processes=processes,
+            )
+            for way in ("notify", "xread")
+        }
+        for way, figures in got.items():
+            p = percentiles([s * 1000 for s in figures["latencies"]], (50, 99))
+            results.put(f"{label}, {way}: p50 / p99 (ms)", backend, f"{p['p50']:.2f} / {p['p99']:.2f}")
+            results.put(
+                f"{label}, {way}: Valkey / readers / writer CPU (us/chunk)",
+                backend,
+                f"{figures['server_us_per_chunk']:.0f} / {figures['reader_us_per_chunk']:.0f} / "
+                f"{figures['writer_us_per_chunk']:.0f}",
+            )
+            if not figures["all_received"] or figures["out_of_order"]:
+                results.put("delivery, chunks missing", backend, "YES")
+        results.put(
+            f"{label}: connections (notify / xread)",
+            backend,
+            f"{got['notify']['connections']} / {got['xread']['connections']}",
+        )
+
+    parts: list[tuple[str, Callable[[str], None]]] = [
         ("codec", codec),
         ("writer throughput", throughput),
         ("write latency", latency),
         ("delivery latency", delivery),
-    ):
+    ]
+    if at_scale:
+        parts.append(("delivery at scale", many_runs))
+    for name, fn in parts:
         for backend in backends:
             steps.append((f"{name} ({backend})", functools.partial(fn, backend)))
         if name == "writer throughput":

@@ -13,6 +13,12 @@ in one process.  They take anything shaped like the library's faces
 the library's two backends and a re-implementation of another approach run
 through the very same code.
 
+Delivery at scale (``delivery_at_scale``, issue 12): one writer process
+pacing independent arrivals and reader processes (async readers, one event
+loop each, disjoint shares of the runs), what Valkey and the clients spent
+per delivered chunk and the write-to-yield latency; ``benches/bench_delivery.py``
+and ``sse-redis bench`` run it.
+
 ``python -m sse_redis.tools.measure many-readers URL BACKEND`` runs the many-readers
 scenario in a fresh interpreter (so its memory figure starts clean) and
 prints the result as JSON.
@@ -538,6 +544,296 @@ def many_readers(
         reader.close()
         writer.close()
         probe.close()
+
+
+# -- delivery at scale, across processes (issue 12) ------------------------------
+
+# Hub counters summed over a measurement's reader processes (their change over
+# the window) and their state at its end.
+HUB_COUNTERS = ("notices", "fetches", "xreads", "probes", "checks", "missed", "reconnects", "unblocks")
+HUB_GAUGES = ("connections", "listeners", "blockers", "watched", "listened", "subscriptions")
+
+
+def stamped_chunk(t_ns: int, size: int = 300) -> str:
+    """An assistant-message chunk of about ``size`` bytes carrying ``t_ns``
+    (``time.time_ns()`` at the write call), so a reader in another process
+    can tell how long it took to reach it (one machine, one clock)."""
+    head = f'data: {{"message_type":"assistant_message","t":{t_ns},"content":"'
+    return head + "x" * max(0, size - len(head) - 4) + '"}\n\n'
+
+
+def chunk_stamp(chunk: str) -> int:
+    """The ``t_ns`` a ``stamped_chunk`` carries."""
+    at = chunk.index('"t":') + 4
+    return int(chunk[at : chunk.index(",", at)])
+
+
+def _recv(conn: Any, timeout: float, who: str) -> Any:
+    if not conn.poll(timeout):
+        raise TimeoutError(f"{who} said nothing within {timeout:.0f} s")
+    return conn.recv()
+
+
+def delivery_writer_process(
+    conn: Any, url: str, backend: str, active: list[str], idle: list[str], per_run: int, rate: float
+) -> None:
+    """A writer process (``multiprocessing`` target): a first chunk to every
+    run (``seeded``), then on ``go`` ``per_run`` more to each active run, one
+    every ``1 / rate`` seconds on an absolute schedule, round robin (each run
+    on its own phase: independent arrivals), each stamped at its write call;
+    reports its CPU time and how well it kept the schedule."""
+    from ..writer import StreamWriter
+
+    writer = StreamWriter(url, backend=backend)
+    try:
+        for run_id in [*active, *idle]:
+            writer.write(run_id, stamped_chunk(time.time_ns()))
+        writer.flush()
+        conn.send("seeded")
+        if conn.recv() != "go":
+            return
+        total, runs = per_run * len(active), len(active)
+        gap_ns = 1e9 / rate
+        cpu = time.process_time()
+        start = time.perf_counter_ns()
+        late_ns = 0
+        for j in range(total):
+            due = start + int(j * gap_ns)
+            now = time.perf_counter_ns()
+            if due > now:
+                time.sleep((due - now) / 1e9)
+            else:
+                late_ns = max(late_ns, now - due)
+            writer.write(active[j % runs], stamped_chunk(time.time_ns()))
+        writer.flush()
+        elapsed = (time.perf_counter_ns() - start) / 1e9
+        conn.send(
+            {"chunks": total, "elapsed_s": elapsed, "cpu_s": time.process_time() - cpu, "late_max_s": late_ns / 1e9}
+        )
+        conn.recv()  # stop
+    finally:
+        writer.close()
+
+
+def delivery_reader_process(
+    conn: Any,
+    url: str,
+    backend: str,
+    options: dict[str, Any],
+    active: list[str],
+    idle: list[str],
+    per_run: int,
+) -> None:
+    """A reader process (``multiprocessing`` target): one ``AsyncStreamReader``
+    (``options``: ``delivery``, ``check_interval``...) and one consumer task
+    per run in one event loop, every run read from its start.  Says
+    ``ready`` once every run's first chunk arrived; on ``go`` (with a time
+    limit) takes each active run's next ``per_run`` chunks, checking their ids,
+    and reports the write-to-yield latencies, its CPU time and its hub's
+    counters over that window."""
+    asyncio.run(_delivery_reader(conn, url, backend, options, active, idle, per_run))
+
+
+async def _delivery_reader(
+    conn: Any, url: str, backend: str, options: dict[str, Any], active: list[str], idle: list[str], per_run: int
+) -> None:
+    from ..reader import AsyncStreamReader
+
+    reader = AsyncStreamReader(url, backend=backend, **options)
+    loop = asyncio.get_running_loop()
+    runs = len(active) + len(idle)
+    ready, done = asyncio.Event(), asyncio.Event()
+    counts = {"ready": 0, "done": 0, "bad": 0, "received": 0}
+    latencies: list[int] = []
+    last = per_run + 1
+
+    async def consume(run_id: str, live: bool) -> None:
+        n = 0
+        async for chunk in reader.read(run_id, 0):
+            now = time.time_ns()
+            n += 1
+            if not chunk.endswith(f"\nid: {n}\n\n"):
+                counts["bad"] += 1
+            if n == 1:
+                counts["ready"] += 1
+                if counts["ready"] == runs:
+                    ready.set()
+                continue
+            latencies.append(now - chunk_stamp(chunk))
+            counts["received"] += 1
+            if live and n == last:
+                counts["done"] += 1
+                if counts["done"] == len(active):
+                    done.set()
+
+    tasks = [asyncio.ensure_future(consume(r, True)) for r in active]
+    tasks += [asyncio.ensure_future(consume(r, False)) for r in idle]
+    try:
+        await asyncio.wait_for(ready.wait(), 300)
+        conn.send("ready")
+        go = await loop.run_in_executor(None, conn.recv)
+        hub = reader.sync.hub
+        stats0, cpu0 = hub.stats(), time.process_time()
+        complete = True
+        try:
+            await asyncio.wait_for(done.wait(), go["limit_s"])
+        except asyncio.TimeoutError:
+            complete = False
+        cpu, stats1 = time.process_time() - cpu0, hub.stats()
+        conn.send(
+            {
+                "cpu_s": cpu,
+                "latencies_ns": latencies,
+                "complete": complete,
+                "received": counts["received"],
+                "expected": per_run * len(active),
+                "out_of_order": counts["bad"],
+                "counters": {k: stats1.get(k, 0) - stats0.get(k, 0) for k in HUB_COUNTERS},
+                "gauges": {k: stats1.get(k, 0) for k in HUB_GAUGES},
+            }
+        )
+        await loop.run_in_executor(None, conn.recv)  # stop
+    finally:
+        await _stop(tasks, reader)
+
+
+def _delete_runs(client: redis.Redis, run_ids: Sequence[str]) -> None:
+    """Deletes the runs' streams (default key layout), a thousand per round trip."""
+    from ..keys import KeyLayout
+
+    layout = KeyLayout()
+    for i in range(0, len(run_ids), 1000):
+        pipe = client.pipeline(transaction=False)
+        for run_id in run_ids[i : i + 1000]:
+            pipe.unlink(layout.key(run_id))
+        pipe.execute()
+
+
+def delivery_at_scale(
+    url: str,
+    *,
+    backend: str,
+    delivery: str,
+    active: int,
+    rate: float,
+    window: float,
+    idle: int = 0,
+    processes: int = 1,
+    check_interval: float | None = None,
+    settle: float = 1.0,
+    timeout: float = 300.0,
+) -> dict[str, Any]:
+    """Write-to-yield delivery with writer and readers in separate processes.
+
+    A writer process writes a first chunk to ``active + idle`` runs; reader
+    processes (``processes``, spawned, each with a disjoint share of the
+    active and of the idle runs, fan-out 1) read every run with async
+    readers (``delivery``; ``check_interval`` when given, else the default)
+    until each has its first chunk.  After ``settle`` seconds, the writer
+    writes ``rate`` chunks/s in total to the active runs (independent
+    arrivals: round robin at even spacing) for ``window`` seconds; the idle
+    runs stay watched and never change.  Over the window, from ``go`` until
+    every reader has every chunk: Valkey's CPU (``INFO cpu`` user + sys),
+    the readers' and the writer's CPU (``time.process_time`` in each), the
+    latencies (``time.time_ns`` at the write call, carried in the chunk, to
+    the consumer's yield), the readers' connections (``CLIENT LIST``, at
+    half the window) and the hubs' counters.  Per-chunk figures divide by
+    the chunks written in the window (each stored once, delivered once)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    tag = f"d{time.time_ns() % 10**10}"
+    per_run = max(1, round(window * rate / active))
+    active_runs = [f"{tag}-a{i}" for i in range(active)]
+    idle_runs = [f"{tag}-i{i}" for i in range(idle)]
+    options: dict[str, Any] = {"delivery": delivery}
+    if check_interval is not None:
+        options["check_interval"] = check_interval
+    probe = ServerProbe(url)
+    started: list[Any] = []
+    pipes: list[Any] = []
+    try:
+        here, there = ctx.Pipe()
+        writer = ctx.Process(
+            target=delivery_writer_process,
+            args=(there, url, backend, active_runs, idle_runs, per_run, rate),
+            name="delivery-writer",
+            daemon=True,
+        )
+        writer.start()
+        started.append(writer)
+        writer_conn = here
+        if _recv(writer_conn, timeout, "the writer") != "seeded":
+            raise RuntimeError("the writer did not seed the runs")
+        baseline = probe.client_ids()
+        setup = time.perf_counter()
+        for p in range(processes):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(
+                target=delivery_reader_process,
+                args=(there, url, backend, options, active_runs[p::processes], idle_runs[p::processes], per_run),
+                name=f"delivery-reader-{p}",
+                daemon=True,
+            )
+            proc.start()
+            started.append(proc)
+            pipes.append(here)
+        for p, conn in enumerate(pipes):
+            if _recv(conn, timeout, f"reader {p}") != "ready":
+                raise RuntimeError(f"reader {p} did not get ready")
+        subscribe_s = time.perf_counter() - setup
+        time.sleep(settle)
+        limit = 2 * window + 60
+        cpu0, t0 = probe.cpu_seconds(), time.perf_counter()
+        for conn in pipes:
+            conn.send({"limit_s": limit})
+        writer_conn.send("go")
+        time.sleep(window / 2)
+        connections = probe.new_clients(baseline)
+        wrote = _recv(writer_conn, limit + 30, "the writer")
+        reports = [_recv(conn, limit + 30, f"reader {p}") for p, conn in enumerate(pipes)]
+        cpu1, t1 = probe.cpu_seconds(), time.perf_counter()
+        for conn in [*pipes, writer_conn]:
+            conn.send("stop")
+        for proc in started:
+            proc.join(30)
+    finally:
+        for proc in started:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        try:
+            _delete_runs(probe.client, [*active_runs, *idle_runs])
+        finally:
+            probe.close()
+    chunks = wrote["chunks"]
+    latencies = [x / 1e9 for r in reports for x in r["latencies_ns"]]
+    counters = {k: sum(r["counters"][k] for r in reports) for k in HUB_COUNTERS}
+    gauges = {k: sum(r["gauges"][k] for r in reports) for k in HUB_GAUGES}
+    return {
+        "backend": backend,
+        "delivery": delivery,
+        "active": active,
+        "idle": idle,
+        "processes": processes,
+        "rate": rate,
+        "chunks": chunks,
+        "window_s": t1 - t0,
+        "rate_achieved": chunks / wrote["elapsed_s"],
+        "writer_late_max_s": wrote["late_max_s"],
+        "subscribe_s": subscribe_s,
+        "server_us_per_chunk": (cpu1 - cpu0) / chunks * 1e6,
+        "server_cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
+        "reader_us_per_chunk": sum(r["cpu_s"] for r in reports) / chunks * 1e6,
+        "writer_us_per_chunk": wrote["cpu_s"] / chunks * 1e6,
+        "latencies": latencies,
+        "all_received": all(r["complete"] and r["received"] == r["expected"] for r in reports),
+        "received": sum(r["received"] for r in reports),
+        "out_of_order": sum(r["out_of_order"] for r in reports),
+        "connections": connections,
+        "counters": counters,
+        "gauges": gauges,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
