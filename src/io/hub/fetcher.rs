@@ -5,7 +5,7 @@
 //! group gained keys, and runs the safety check of the keys followed by
 //! notice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,10 +29,12 @@ pub(super) fn run(shared: &Arc<Shared>) {
     // Keys whose slot moves: checked every MIGRATING_POLL.
     let mut migrating: HashSet<String> = HashSet::new();
     let mut next_poll = Instant::now();
+    // A safety check under way: a chunk of it per round.
+    let mut check: Option<SafetyCheck> = None;
     loop {
         let batch: Vec<u64> = {
             let mut table = shared.lock();
-            while table.fetch_queue.is_empty() && !table.unblock_wanted && !table.closed {
+            while table.fetch_queue.is_empty() && !table.unblock_wanted && !table.closed && check.is_none() {
                 let wake = if migrating.is_empty() { next_check } else { next_check.min(next_poll) };
                 let left = wake.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -50,17 +52,21 @@ pub(super) fn run(shared: &Arc<Shared>) {
             let n = table.fetch_queue.len().min(FETCH_BATCH);
             table.fetch_queue.drain(..n).collect()
         };
-        let round = fetch_round(shared, &mut con, &batch).and_then(|mut asked| {
-            if Instant::now() >= next_check {
-                next_check = Instant::now() + shared.opts.check_interval;
-                let (moving, checked) = safety_check(shared, link(shared, &mut con)?, None)?;
-                (migrating, asked) = (moving, asked || checked);
-                next_poll = Instant::now() + blocker::MIGRATING_POLL;
-            } else if !migrating.is_empty() && Instant::now() >= next_poll {
-                migrating = safety_check(shared, link(shared, &mut con)?, Some(&migrating))?.0;
+        let round = fetch_round(shared, &mut con, &batch).and_then(|asked| {
+            let now = Instant::now();
+            if check.is_none() && now >= next_check {
+                next_check = now + shared.opts.check_interval;
+                check = Some(SafetyCheck::new(shared, None));
+            } else if check.is_none() && !migrating.is_empty() && now >= next_poll {
+                check = Some(SafetyCheck::new(shared, Some(&migrating)));
+            }
+            let Some(pass) = check.as_mut() else { return Ok(asked) };
+            let checked = pass.step(shared, link(shared, &mut con)?)?;
+            if pass.chunks.is_empty() {
+                migrating = check.take().map(|pass| pass.finish(shared)).unwrap_or_default();
                 next_poll = Instant::now() + blocker::MIGRATING_POLL;
             }
-            Ok(asked)
+            Ok(asked || checked)
         });
         match round {
             Ok(asked) => {
@@ -315,6 +321,7 @@ fn go_live(shared: &Arc<Shared>, table: &mut Table, sid: u64, key: String) -> Re
         let listen = table.listeners.entry(node.clone()).or_default();
         listen.channels.insert(listener::notice_channel(&key), key.clone());
         listen.keys.insert(key.clone(), sub_last);
+        listen.version += 1;
         table.listening_on.insert(key, node);
         shared.changed.notify_all();
         return Ok(()); // the listener subscribes within a tick, then has the key caught up
@@ -330,25 +337,28 @@ fn go_live(shared: &Arc<Shared>, table: &mut Table, sid: u64, key: String) -> Re
     Ok(())
 }
 
-/// Keys per safety-check script call: each key costs the server about
-/// 1.5 us, and one call must not hold it for long.
-const CHECK_CHUNK: usize = 500;
+/// Keys per safety-check script call: each key costs the server about 8 us
+/// (measured), and one call must not hold it, nor the fetches behind it, long.
+const CHECK_CHUNK: usize = 200;
 
-/// Every `check_interval`, the top of every stream followed by notice (of the
-/// keys in `only`, when given): one that expired or was lost and written
-/// again below a reader's cursor ends its readers (`StreamNotFound`), and one
-/// that grew past what the hub knows (a notice lost: see `listener.rs`) is
-/// fetched now. One script call per slot (its keys must share one) and
-/// `CHECK_CHUNK` keys. Returns the keys whose slot is migrating (their notices
-/// may go to the importing node), which the fetcher checks again every
-/// `MIGRATING_POLL` until the move ends; and whether there was anything to
-/// check.
-fn safety_check(
-    shared: &Shared,
-    con: &mut Link,
-    only: Option<&HashSet<String>>,
-) -> Result<(HashSet<String>, bool), RedisError> {
-    let by_slot: HashMap<u16, Vec<String>> = {
+/// One pass of the safety check: every `check_interval`, the top of every
+/// stream followed by notice (of the keys in `only`, when given). One that
+/// expired or was lost and written again below a reader's cursor ends its
+/// readers (`StreamNotFound`); one that grew past what the hub knows (a notice
+/// lost: see `listener.rs`) is fetched now. One script call per slot (its keys
+/// must share one) and `CHECK_CHUNK` keys, one call per fetcher round:
+/// notified runs are never fetched behind a whole pass. Keys found migrating
+/// (their notices may go to the importing node) are checked again every
+/// `MIGRATING_POLL` until the move ends.
+struct SafetyCheck {
+    full: bool,
+    chunks: VecDeque<Vec<String>>,
+    missed: bool,
+    migrating: HashSet<String>,
+}
+
+impl SafetyCheck {
+    fn new(shared: &Shared, only: Option<&HashSet<String>>) -> SafetyCheck {
         let table = shared.lock();
         let followed = |key: &String| {
             table
@@ -362,45 +372,50 @@ fn safety_check(
             let slot = if shared.target.is_cluster() { key_slot(key) } else { 0 };
             by_slot.entry(slot).or_default().push(key.clone());
         }
-        by_slot
-    };
-    if by_slot.is_empty() {
-        return Ok((HashSet::new(), false));
+        let chunks = by_slot.values().flat_map(|keys| keys.chunks(CHECK_CHUNK).map(<[String]>::to_vec)).collect();
+        SafetyCheck { full: only.is_none(), chunks, missed: false, migrating: HashSet::new() }
     }
-    let (mut missed, mut migrating) = (false, HashSet::new());
-    for keys in by_slot.values() {
-        for chunk in keys.chunks(CHECK_CHUNK) {
-            shared.count(|s| s.checks += 1);
-            let mut call = blocker::TOPS_SCRIPT.prepare_invoke();
-            for key in chunk {
-                call.key(key);
+
+    /// One script call; whether Redis was asked anything. A link error leaves
+    /// the chunk for the next round.
+    fn step(&mut self, shared: &Shared, con: &mut Link) -> Result<bool, RedisError> {
+        let Some(chunk) = self.chunks.front() else { return Ok(false) };
+        shared.count(|s| s.checks += 1);
+        let mut call = blocker::TOPS_SCRIPT.prepare_invoke();
+        for key in chunk {
+            call.key(key);
+        }
+        match call.invoke::<Vec<String>>(con) {
+            Ok(tops) => self.missed |= checked(shared, chunk, &tops),
+            Err(err) if redirect(&err).is_some_and(|(moved, _)| !moved) || err.code() == Some("TRYAGAIN") => {
+                self.migrating.extend(chunk.iter().cloned());
+                poll_migrating(shared, chunk);
             }
-            match call.invoke::<Vec<String>>(con) {
-                Ok(tops) => missed |= checked(shared, chunk, &tops),
-                Err(err) if redirect(&err).is_some_and(|(moved, _)| !moved) || err.code() == Some("TRYAGAIN") => {
-                    migrating.extend(chunk.iter().cloned());
-                    poll_migrating(shared, chunk);
-                }
-                Err(err) => return Err(err),
+            Err(err) => return Err(err),
+        }
+        self.chunks.pop_front();
+        Ok(true)
+    }
+
+    /// The keys found migrating; a full pass also counts a missed notice.
+    fn finish(self, shared: &Shared) -> HashSet<String> {
+        if self.full {
+            let mut table = shared.lock();
+            // A notice in flight during a check looks missed once; two passes
+            // in a row that find misses mean notices do not arrive: said once.
+            table.missed_checks = if self.missed { table.missed_checks + 1 } else { 0 };
+            table.probe_asked += u64::from(self.missed);
+            if table.missed_checks == 2 {
+                let why = format!(
+                    "streams grew without a notice (a writer with no channel rights?): \
+                     they are read every check_interval ({}s)",
+                    shared.opts.check_interval.as_secs_f64()
+                );
+                table.events.push("notices_missed", why);
             }
         }
+        self.migrating
     }
-    if only.is_none() {
-        let mut table = shared.lock();
-        // A notice in flight during a check looks missed once; two checks in
-        // a row that find misses mean notices do not arrive: said once.
-        table.missed_checks = if missed { table.missed_checks + 1 } else { 0 };
-        table.probe_asked += u64::from(missed);
-        if table.missed_checks == 2 {
-            let why = format!(
-                "streams grew without a notice (a writer with no channel rights?): \
-                 they are read every check_interval ({}s)",
-                shared.opts.check_interval.as_secs_f64()
-            );
-            table.events.push("notices_missed", why);
-        }
-    }
-    Ok((migrating, true))
 }
 
 /// Applies one safety-check call's tops; whether a stream had grown without

@@ -83,9 +83,12 @@ struct Listener<'a> {
     name: &'a str,
     sharded: bool,
     con: Option<Connection>,
-    /// Channel -> when its subscribe was sent.
-    requested: HashMap<String, Instant>,
-    confirmed: HashSet<String>,
+    /// The channels asked for.
+    requested: HashSet<String>,
+    /// Asked for, not confirmed yet: when sent.
+    unconfirmed: HashMap<String, Instant>,
+    /// The listen set's version `requested` matches (`None`: none).
+    synced: Option<u64>,
     /// A re-subscribe proving the link, and when it was sent.
     probe: Option<(String, Instant)>,
     next_probe: Instant,
@@ -102,8 +105,9 @@ fn run(shared: &Shared, name: &str) {
         name,
         sharded: shared.target.is_cluster(),
         con: None,
-        requested: HashMap::new(),
-        confirmed: HashSet::new(),
+        requested: HashSet::new(),
+        unconfirmed: HashMap::new(),
+        synced: None,
         probe: None,
         next_probe: Instant::now() + shared.opts.check_interval,
         probes_asked: 0,
@@ -170,53 +174,60 @@ impl Listener<'_> {
         let opts = &self.shared.opts;
         let con = self.shared.target.connect_listener(self.name, opts.connect_timeout, Some(CONFIRM_WITHIN))?;
         self.con = Some(con);
-        (self.requested, self.confirmed, self.probe) = (HashMap::new(), HashSet::new(), None);
+        (self.requested, self.unconfirmed, self.probe, self.synced) = (HashSet::new(), HashMap::new(), None, None);
         Ok(())
     }
 
     /// Subscribes the channels the listen set gained, unsubscribes those it
-    /// lost, and re-subscribes one channel as a probe when one is due.
+    /// lost (only when it changed: a tick costs nothing per channel), and
+    /// re-subscribes one channel as a probe when one is due.
     fn sync(&mut self) -> Result<(), RedisError> {
-        let (wanted, asked): (HashSet<String>, u64) = {
+        let (wanted, asked): (Option<HashSet<String>>, u64) = {
             let table = self.shared.lock();
-            let wanted = table.listeners.get(self.name).map(|l| l.channels.keys().cloned().collect());
-            (wanted.unwrap_or_default(), table.probe_asked)
+            let listen = table.listeners.get(self.name);
+            let version = listen.map(|l| l.version);
+            let changed = version != self.synced;
+            self.synced = version;
+            let wanted = listen.filter(|_| changed).map(|l| l.channels.keys().cloned().collect());
+            (wanted, table.probe_asked)
         };
         let now = Instant::now();
-        let new: Vec<String> = wanted.iter().filter(|c| !self.requested.contains_key(*c)).cloned().collect();
-        let gone: Vec<String> = self.requested.keys().filter(|c| !wanted.contains(*c)).cloned().collect();
         let (subscribe, unsubscribe) =
             if self.sharded { ("SSUBSCRIBE", "SUNSUBSCRIBE") } else { ("SUBSCRIBE", "UNSUBSCRIBE") };
-        // One SSUBSCRIBE names channels of one slot only.
-        let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-        for channel in &new {
-            by_slot.entry(if self.sharded { key_slot(channel) } else { 0 }).or_default().push(channel.clone());
-        }
-        for channels in by_slot.values() {
-            for chunk in channels.chunks(CHUNK) {
-                self.send(subscribe, chunk)?;
+        if let Some(wanted) = wanted {
+            let new: Vec<String> = wanted.iter().filter(|c| !self.requested.contains(*c)).cloned().collect();
+            let gone: Vec<String> = self.requested.iter().filter(|c| !wanted.contains(*c)).cloned().collect();
+            // One SSUBSCRIBE names channels of one slot only.
+            let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+            for channel in &new {
+                by_slot.entry(if self.sharded { key_slot(channel) } else { 0 }).or_default().push(channel.clone());
             }
-        }
-        for channel in new {
-            self.requested.insert(channel, now);
-        }
-        for chunk in gone.chunks(CHUNK) {
-            self.send(unsubscribe, chunk)?;
-        }
-        for channel in &gone {
-            self.requested.remove(channel);
-            self.confirmed.remove(channel);
+            for channels in by_slot.values() {
+                for chunk in channels.chunks(CHUNK) {
+                    self.send(subscribe, chunk)?;
+                }
+            }
+            for channel in new {
+                self.unconfirmed.insert(channel.clone(), now);
+                self.requested.insert(channel);
+            }
+            for chunk in gone.chunks(CHUNK) {
+                self.send(unsubscribe, chunk)?;
+            }
+            for channel in &gone {
+                self.requested.remove(channel);
+                self.unconfirmed.remove(channel);
+            }
         }
         // A probe every check_interval, and at once when another link timed
         // out or a safety check found a notice missed (this link may be dead too).
-        let due = now >= self.next_probe || asked != self.probes_asked;
-        if self.probe.is_none() && due {
-            if let Some(channel) = self.confirmed.iter().next().cloned() {
-                self.probes_asked = asked;
-                self.send(subscribe, std::slice::from_ref(&channel))?;
-                self.probe = Some((channel, now));
-                self.shared.count(|s| s.probes += 1);
-            }
+        let due = self.probe.is_none() && (now >= self.next_probe || asked != self.probes_asked);
+        let confirmed = || self.requested.iter().find(|c| !self.unconfirmed.contains_key(*c)).cloned();
+        if let Some(channel) = due.then(confirmed).flatten() {
+            self.probes_asked = asked;
+            self.send(subscribe, std::slice::from_ref(&channel))?;
+            self.probe = Some((channel, now));
+            self.shared.count(|s| s.probes += 1);
         }
         Ok(())
     }
@@ -243,15 +254,16 @@ impl Listener<'_> {
                     self.probe = None;
                     self.next_probe = Instant::now() + self.shared.opts.check_interval;
                 }
-                if self.requested.contains_key(&channel) && self.confirmed.insert(channel.clone()) {
+                if self.unconfirmed.remove(&channel).is_some() {
                     subscribed(self.shared, self.name, &channel);
                 }
             }
             // Not asked for (those left `requested` when sent): the server
             // dropped it, as it does for a slot that moved away; its key goes
             // to the slot's new owner (or here again, subscribed anew).
-            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.requested.remove(&channel).is_some() => {
-                self.confirmed.remove(&channel);
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.requested.remove(&channel) => {
+                self.unconfirmed.remove(&channel);
+                self.synced = None;
                 self.moved = true;
             }
             _ => {}
@@ -262,8 +274,7 @@ impl Listener<'_> {
     /// A subscribe (or probe) unconfirmed past `CONFIRM_WITHIN`: the link is
     /// silent (a middlebox may keep ACKing a dead route).
     fn check_link(&self) -> Result<(), RedisError> {
-        let unconfirmed = self.requested.iter().filter(|(c, _)| !self.confirmed.contains(*c)).map(|(_, t)| *t);
-        let oldest = unconfirmed.chain(self.probe.as_ref().map(|(_, t)| *t)).min();
+        let oldest = self.unconfirmed.values().copied().chain(self.probe.as_ref().map(|(_, t)| *t)).min();
         if oldest.is_some_and(|t| t.elapsed() > CONFIRM_WITHIN) {
             let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "a subscribe was not confirmed");
             return Err(timeout.into());

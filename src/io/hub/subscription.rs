@@ -154,6 +154,8 @@ pub struct Listen {
     pub keys: HashMap<String, (u64, u64)>,
     /// Notice channel -> stream key.
     pub channels: HashMap<String, String>,
+    /// Bumped when `channels` changes: the listener syncs only then.
+    pub version: u64,
 }
 
 /// Everything the hub knows, under its one lock.
@@ -233,6 +235,7 @@ impl Table {
         if let Some(listen) = self.listeners.get_mut(&name) {
             if listen.keys.remove(key).is_some() {
                 listen.channels.remove(&super::listener::notice_channel(key));
+                listen.version += 1;
             }
         }
     }

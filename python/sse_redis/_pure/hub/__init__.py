@@ -140,6 +140,7 @@ class Shared:
         listen = None if name is None else self.listeners.get(name)
         if listen is not None and listen.keys.pop(key, None) is not None:
             listen.channels.pop(notice_channel(key), None)
+            listen.version += 1
 
     def watched(self, key: str) -> tuple[int, int] | None:
         group = self.groups.get(self.group_of(key))

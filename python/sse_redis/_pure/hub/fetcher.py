@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import redis
@@ -44,9 +45,10 @@ def run(shared: Shared) -> None:
     next_check = time.monotonic() + shared.check_interval
     migrating: set[str] = set()  # keys whose slot moves: checked every MIGRATING_POLL
     next_poll = 0.0
+    check: SafetyCheck | None = None  # one under way: a chunk of it per round
     while True:
         with shared.lock:
-            while not shared.fetch_queue and not shared.unblock_wanted and not shared.closed:
+            while not shared.fetch_queue and not shared.unblock_wanted and not shared.closed and check is None:
                 left = min(next_check, next_poll if migrating else next_check) - time.monotonic()
                 if left <= 0:
                     break
@@ -62,14 +64,17 @@ def run(shared: Shared) -> None:
             drop_connections(shared.query)
         try:
             asked = _fetch_round(shared, batch)
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + shared.check_interval
-                migrating, checked = safety_check(shared)
-                asked = asked or checked
-                next_poll = time.monotonic() + blocker.MIGRATING_POLL
-            elif migrating and time.monotonic() >= next_poll:
-                migrating, _ = safety_check(shared, migrating)
-                next_poll = time.monotonic() + blocker.MIGRATING_POLL
+            now = time.monotonic()
+            if check is None and now >= next_check:
+                next_check = now + shared.check_interval
+                check = SafetyCheck(shared)
+            elif check is None and migrating and now >= next_poll:
+                check = SafetyCheck(shared, migrating)
+            if check is not None:
+                asked = check.step() or asked
+                if check.done:
+                    migrating, check = check.finish(), None
+                    next_poll = time.monotonic() + blocker.MIGRATING_POLL
             if asked:  # Redis answered (a round with nothing to do proves nothing)
                 shared.link_ok()
                 pause = FIRST_PAUSE
@@ -249,6 +254,7 @@ def _go_live(shared: Shared, sub: Sub) -> None:
             threading.Thread(target=listener.run, args=(shared, node), name="sse-redis-listen", daemon=True).start()
         listen.keys[sub.key] = sub.last
         listen.channels[notice_channel(sub.key)] = sub.key
+        listen.version += 1
         shared.listening_on[sub.key] = node
         return  # the listener subscribes within a tick, then has the key caught up
     group = shared.groups.get(name)
@@ -261,58 +267,79 @@ def _go_live(shared: Shared, sub: Sub) -> None:
     shared.changed.notify_all()
 
 
-# Keys per safety-check script call: each key costs the server about 1.5 us,
-# and one call must not hold it for long.
-CHECK_CHUNK = 500
+# Keys per safety-check script call: each key costs the server about 8 us
+# (measured), and one call must not hold it, nor the fetches behind it, long.
+CHECK_CHUNK = 200
 
 
-def safety_check(shared: Shared, only: set[str] | None = None) -> tuple[set[str], bool]:
-    """Every ``check_interval``, the top of every stream followed by notice
-    (of the keys in ``only``, when given): one that expired or was lost and
-    written again below a reader's cursor ends its readers
-    (``StreamNotFound``), and one that grew past what the hub knows (a notice
-    lost: see the listener) is fetched now. One script call per slot (its
-    keys must share one) and ``CHECK_CHUNK`` keys. Returns the keys whose slot
-    is migrating (their notices may go to the importing node): the fetcher
-    checks those again every ``MIGRATING_POLL`` until the move ends; and
-    whether there was anything to check."""
-    with shared.lock:
+class SafetyCheck:
+    """One pass of the safety check: every ``check_interval``, the top of every
+    stream followed by notice (of the keys in ``only``, when given). One that
+    expired or was lost and written again below a reader's cursor ends its
+    readers (``StreamNotFound``); one that grew past what the hub knows (a
+    notice lost: see the listener) is fetched now. One script call per slot
+    (its keys must share one) and ``CHECK_CHUNK`` keys, one call per fetcher
+    round: notified runs are never fetched behind a whole pass. Keys found
+    migrating (their notices may go to the importing node) are checked again
+    every ``MIGRATING_POLL`` until the move ends."""
+
+    def __init__(self, shared: Shared, only: set[str] | None = None) -> None:
+        self.shared, self.full = shared, only is None
         by_slot: dict[object, list[str]] = {}
-        for listen in shared.listeners.values():
-            for key in listen.keys:
-                if (only is None or key in only) and any(s.state == SubState.OK for s in shared.by_key.get(key, ())):
-                    by_slot.setdefault(key_slot(key.encode()) if shared.cluster else 0, []).append(key)
-    if not by_slot:
-        return set(), False
-    if shared.tops is None:
-        shared.tops = shared.query.register_script(blocker.TOPS_SCRIPT)
-    missed, migrating = False, set()
-    for keys in by_slot.values():
-        for i in range(0, len(keys), CHECK_CHUNK):
-            chunk = keys[i : i + CHECK_CHUNK]
-            shared.count("checks")
-            try:
-                tops = shared.tops(keys=chunk, client=shared.query)
-            except (redis.exceptions.AskError, redis.exceptions.TryAgainError):
-                migrating.update(chunk)
-                _poll_migrating(shared, chunk)
-                continue
+        with shared.lock:
+            for listen in shared.listeners.values():
+                for key in listen.keys:
+                    if (only is None or key in only) and any(
+                        s.state == SubState.OK for s in shared.by_key.get(key, ())
+                    ):
+                        by_slot.setdefault(key_slot(key.encode()) if shared.cluster else 0, []).append(key)
+        self.chunks = deque(
+            keys[i : i + CHECK_CHUNK] for keys in by_slot.values() for i in range(0, len(keys), CHECK_CHUNK)
+        )
+        self.missed = False
+        self.migrating: set[str] = set()
+
+    @property
+    def done(self) -> bool:
+        return not self.chunks
+
+    def step(self) -> bool:
+        """One script call; whether Redis was asked anything."""
+        shared = self.shared
+        if not self.chunks:
+            return False
+        chunk = self.chunks[0]
+        if shared.tops is None:
+            shared.tops = shared.query.register_script(blocker.TOPS_SCRIPT)
+        shared.count("checks")
+        try:
+            tops = shared.tops(keys=chunk, client=shared.query)
+        except (redis.exceptions.AskError, redis.exceptions.TryAgainError):
+            self.migrating.update(chunk)
+            _poll_migrating(shared, chunk)
+        else:
             with shared.lock:
-                missed = _checked(shared, chunk, tops) or missed
-    if only is not None:
-        return migrating, True
-    with shared.lock:
-        # A notice in flight during a check looks missed once; two checks in a
-        # row that find misses mean notices do not arrive: said once.
-        shared.missed_checks = shared.missed_checks + 1 if missed else 0
-        shared.probe_asked += missed
-        if shared.missed_checks == 2:
-            shared.events.push(
-                "notices_missed",
-                "streams grew without a notice (a writer with no channel rights?): "
-                f"they are read every check_interval ({shared.check_interval}s)",
-            )
-    return migrating, True
+                self.missed = _checked(shared, chunk, tops) or self.missed
+        self.chunks.popleft()  # a link error leaves it for the next round
+        return True
+
+    def finish(self) -> set[str]:
+        """The keys found migrating; a full pass also counts a missed notice."""
+        if self.full:
+            shared = self.shared
+            with shared.lock:
+                # A notice in flight during a check looks missed once; two
+                # passes in a row that find misses mean notices do not arrive:
+                # said once.
+                shared.missed_checks = shared.missed_checks + 1 if self.missed else 0
+                shared.probe_asked += self.missed
+                if shared.missed_checks == 2:
+                    shared.events.push(
+                        "notices_missed",
+                        "streams grew without a notice (a writer with no channel rights?): "
+                        f"they are read every check_interval ({shared.check_interval}s)",
+                    )
+        return self.migrating
 
 
 def _checked(shared: Shared, keys: list[str], tops: list[bytes]) -> bool:

@@ -48,8 +48,9 @@ class _Listener:
         self.sharded = shared.cluster
         self.pubsub: Any = None  # redis.client.PubSub: untyped in redis-py 5
         self.client: redis.Redis | None = None
-        self.requested: dict[str, float] = {}  # channel -> when its subscribe was sent
-        self.confirmed: set[str] = set()
+        self.requested: set[str] = set()  # the channels asked for
+        self.unconfirmed: dict[str, float] = {}  # asked for, not confirmed yet: when sent
+        self.synced = -1  # the listen set's version ``requested`` matches (-1: none)
         self.probe: tuple[str, float] | None = None  # a re-subscribe proving the link, and when
         self.next_probe = time.monotonic() + shared.check_interval
         self.probes_asked = 0  # the hub's `probe_asked` when this listener last probed
@@ -96,7 +97,7 @@ class _Listener:
         node = self.name or None
         self.client = links.connect_node(shared.url, node, shared.connect_timeout, CONFIRM_WITHIN, single=False)
         self.pubsub = self.client.pubsub()
-        self.requested, self.confirmed, self.probe = {}, set(), None
+        self.requested, self.unconfirmed, self.probe, self.synced = set(), {}, None, -1
 
     def drop(self) -> None:
         if self.pubsub is not None:
@@ -107,35 +108,40 @@ class _Listener:
 
     def sync(self, listen: Listen) -> None:
         """Subscribe the channels the listen set gained, unsubscribe those it
-        lost, and re-subscribe one channel as a probe when one is due."""
+        lost (only when it changed: a tick costs nothing per channel), and
+        re-subscribe one channel as a probe when one is due."""
         with self.shared.lock:
-            wanted = set(listen.channels)
+            changed = listen.version != self.synced
+            wanted = set(listen.channels) if changed else set()
+            self.synced = listen.version
             asked = self.shared.probe_asked
         now = time.monotonic()
-        new = [c for c in wanted if c not in self.requested]
-        gone = [c for c in self.requested if c not in wanted]
-        # One SSUBSCRIBE names channels of one slot only.
-        by_slot: dict[int, list[str]] = {}
-        for channel in new:
-            by_slot.setdefault(key_slot(channel.encode()) if self.sharded else 0, []).append(channel)
-        for channels in by_slot.values():
-            for i in range(0, len(channels), CHUNK):
-                self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", channels[i : i + CHUNK])
-        for channel in new:
-            self.requested[channel] = now
-        for i in range(0, len(gone), CHUNK):
-            self.send("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE", gone[i : i + CHUNK])
-        for channel in gone:
-            self.requested.pop(channel, None)
-            self.confirmed.discard(channel)
+        if changed:
+            new = [c for c in wanted if c not in self.requested]
+            gone = [c for c in self.requested if c not in wanted]
+            # One SSUBSCRIBE names channels of one slot only.
+            by_slot: dict[int, list[str]] = {}
+            for channel in new:
+                by_slot.setdefault(key_slot(channel.encode()) if self.sharded else 0, []).append(channel)
+            for channels in by_slot.values():
+                for i in range(0, len(channels), CHUNK):
+                    self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", channels[i : i + CHUNK])
+            for channel in new:
+                self.requested.add(channel)
+                self.unconfirmed[channel] = now
+            for i in range(0, len(gone), CHUNK):
+                self.send("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE", gone[i : i + CHUNK])
+            for channel in gone:
+                self.requested.discard(channel)
+                self.unconfirmed.pop(channel, None)
         # A probe every check_interval, and at once when another link timed
         # out or a safety check found a notice missed (this link may be dead too).
-        due = now >= self.next_probe or asked != self.probes_asked
-        if self.probe is None and due and self.confirmed:
+        due = self.probe is None and (now >= self.next_probe or asked != self.probes_asked)
+        confirmed = next((c for c in self.requested if c not in self.unconfirmed), None) if due else None
+        if confirmed is not None:
             self.probes_asked = asked
-            channel = next(iter(self.confirmed))
-            self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", [channel])
-            self.probe = (channel, now)
+            self.send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", [confirmed])
+            self.probe = (confirmed, now)
             self.shared.count("probes")
 
     def send(self, command: str, channels: list[str]) -> None:
@@ -154,21 +160,21 @@ class _Listener:
             if self.probe is not None and self.probe[0] == channel:
                 self.probe = None
                 self.next_probe = time.monotonic() + self.shared.check_interval
-            if channel in self.requested and channel not in self.confirmed:
-                self.confirmed.add(channel)
+            if self.unconfirmed.pop(channel, None) is not None:
                 subscribed(self.shared, listen, channel)
         elif kind in ("unsubscribe", "sunsubscribe") and channel in self.requested:
             # Not asked for (those left `requested` when sent): the server
             # dropped it, as it does for a slot that moved away; its key goes
             # to the slot's new owner (or here again, subscribed anew).
-            self.requested.pop(channel, None)
-            self.confirmed.discard(channel)
+            self.requested.discard(channel)
+            self.unconfirmed.pop(channel, None)
+            self.synced = -1
             self.moved = True
 
     def check_link(self) -> None:
         """A subscribe (or probe) unconfirmed past ``CONFIRM_WITHIN``: the
         link is silent (a middlebox may keep ACKing a dead route)."""
-        oldest = min((sent for c, sent in self.requested.items() if c not in self.confirmed), default=None)
+        oldest = min(self.unconfirmed.values(), default=None)
         if self.probe is not None:
             oldest = self.probe[1] if oldest is None else min(oldest, self.probe[1])
         if oldest is not None and time.monotonic() - oldest > CONFIRM_WITHIN:

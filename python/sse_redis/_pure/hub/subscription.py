@@ -106,8 +106,9 @@ class Listen:
     newest entry ID the hub knows of each (from notices, fetches and safety
     checks)."""
 
-    __slots__ = ("channels", "keys")
+    __slots__ = ("channels", "keys", "version")
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[int, int]] = {}
         self.channels: dict[str, str] = {}  # notice channel -> stream key
+        self.version = 0  # bumped when ``channels`` changes: the listener syncs only then
