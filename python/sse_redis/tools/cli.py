@@ -135,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CommandError(f"--backend rust: the Rust core is not available here ({_backend.BACKEND} backend only)")
     backends = [args.backend] if args.backend else None
     with redis_for(args.redis_url) as url:
-        return bench.run_benchmarks(url, quick=args.quick, plot=args.plot, backends=backends)
+        return bench.run_benchmarks(url, quick=args.quick, plot=args.plot, backends=backends, at_scale=args.delivery)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(bench, embedded=True, backend_help="run only this engine (default: both, where the Rust core exists)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--plot", metavar="FILE.png", default=None, help="draw latency and throughput (matplotlib)")
+    bench.add_argument(
+        "--delivery", action="store_true", help="delivery at scale too: the notify hub vs xread (separate processes)"
+    )
     bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="the example FastAPI app with an embedded Valkey")
