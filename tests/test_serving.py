@@ -285,3 +285,20 @@ def test_pings_never_reach_an_sse_client_as_events(client, redis_url, backend):
         writer.complete(run)
     reading.join(20)
     assert [(e.id, bool(e.data)) for e in got] == [("1", True), ("2", True)]
+
+
+def test_registered_run_waiting_past_the_missing_timeout_ends_without_a_terminal(client, redis_url, backend):
+    """A model slow to start: the run is registered but has no stream past the
+    reader's missing timeout. The response ends with no error event (the
+    client retries), and the next request is a 200 again, not a 204."""
+    run = new_run()
+    with RunControl(redis_url, backend=backend) as control:
+        assert control.start(run)
+    http = client(dict(missing_timeout=0.5))
+    first = http.get(f"/runs/{run}/stream")
+    assert first.status_code == 200
+    assert "sse-redis-error" not in first.text
+    write_run(redis_url, backend, run, 2)
+    again = http.get(f"/runs/{run}/stream")
+    assert again.status_code == 200
+    assert "id: 3" in again.text

@@ -15,7 +15,8 @@ The answers, chosen so that ``EventSource``-style clients do the right thing:
   reconnecting.
 * **400**: a malformed cursor or run id (the offending value is cut short,
   never echoed whole); **403** (or the status ``authorize`` returned).
-* A run that stalls (no chunk for the reader's ``idle_timeout``) while its
+* A run that stalls (no chunk for the reader's ``idle_timeout``, or a
+  registered run with no chunk past its ``missing_timeout``) while its
   status says ``running`` (its writer may be restarting: a new writer
   continues the sequence) ends the response without a terminal event: the
   client reconnects after its ``retry`` interval and asks again.  A run that
@@ -201,10 +202,13 @@ class _Body:
                 yield self.stamp(self.first)
             async for chunk in _until(self.chunks, stop, self.until):
                 yield self.stamp(chunk)
-        except StreamStalled as exc:
+        except (StreamStalled, StreamNotFound) as exc:
+            # Still running: stalled (its writer may be restarting), or
+            # registered with no stream yet past the reader's missing timeout
+            # (its model is slow to start). No terminal: the client comes back
+            # after its retry interval and asks again.
             if not await self._still_running():
                 yield stream_error_event(exc).encode()
-            # else: no terminal; the client comes back after its retry interval
         except SSERedisError as exc:
             yield stream_error_event(exc).encode()
         finally:
