@@ -68,7 +68,7 @@ impl Target {
         }
         let seed = format!("{host}:{port}");
         let target = ClusterTarget { seed: endpoint, nodes: Mutex::new(vec![seed]), slots: Mutex::new(Vec::new()) };
-        target.node_client(None).map_err(|e| TargetError::InvalidUrl(e.kind_text()))?;
+        target.node_client(None, None).map_err(|e| TargetError::InvalidUrl(e.kind_text()))?;
         Ok(Target::Cluster(target))
     }
 
@@ -76,25 +76,27 @@ impl Target {
     /// connections that follows MOVED and ASK by itself.
     pub fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<Link> {
         match self {
-            Target::Single(endpoint) => endpoint.connect(connect_timeout, read_timeout).map(Link::Single),
+            Target::Single(endpoint) => endpoint.connect(None, connect_timeout, read_timeout).map(Link::Single),
             Target::Cluster(cluster) => {
                 cluster.connect(connect_timeout, read_timeout).map(|c| Link::Cluster(Box::new(c)))
             }
         }
     }
 
-    /// A connection to one server, for blocking reads: the single server, or
-    /// the cluster node `node` (`host:port`), else the `attempt`-th known node
-    /// (which redirects to the owner). Returns the node it reached.
+    /// A connection to one server, for blocking reads and listening: the
+    /// single server, or the cluster node `node` (`host:port`), else the
+    /// `attempt`-th known node (which redirects to the owner); speaking
+    /// `protocol` (`None`: the URL's). Returns the node it reached.
     pub fn connect_node(
         &self,
         node: Option<&str>,
         attempt: usize,
+        protocol: Option<ProtocolVersion>,
         connect_timeout: Duration,
         read_timeout: Option<Duration>,
     ) -> RedisResult<(Connection, Option<String>)> {
         match self {
-            Target::Single(endpoint) => Ok((endpoint.connect(connect_timeout, read_timeout)?, None)),
+            Target::Single(endpoint) => Ok((endpoint.connect(protocol, connect_timeout, read_timeout)?, None)),
             Target::Cluster(cluster) => {
                 let node = match node {
                     Some(node) => node.to_owned(),
@@ -103,36 +105,8 @@ impl Target {
                         nodes[attempt % nodes.len()].clone()
                     }
                 };
-                Ok((connect(&cluster.node_client(Some(&node))?, connect_timeout, read_timeout)?, Some(node)))
-            }
-        }
-    }
-
-    /// A RESP3 connection for a listener (pushes arrive as push frames, apart
-    /// from replies): to the single server, or to the cluster node `node`
-    /// (`host:port`).
-    pub fn connect_listener(
-        &self,
-        node: &str,
-        connect_timeout: Duration,
-        read_timeout: Option<Duration>,
-    ) -> RedisResult<Connection> {
-        let resp3 = |info: &ConnectionInfo| {
-            info.clone().set_redis_settings(info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3))
-        };
-        match self {
-            Target::Single(endpoint) => {
-                let client =
-                    client(&resp3(&endpoint.info), endpoint.certs.as_ref(), endpoint.accept_invalid_hostnames)?;
-                let mut con = connect(&client, connect_timeout, read_timeout)?;
-                if let Some(name) = &endpoint.client_name {
-                    redis::cmd("CLIENT").arg("SETNAME").arg(name).exec(&mut con)?;
-                }
-                Ok(con)
-            }
-            Target::Cluster(cluster) => {
-                let client = client(&resp3(&cluster.node_info(node)?), cluster.seed.certs.as_ref(), false)?;
-                connect(&client, connect_timeout, read_timeout)
+                let client = cluster.node_client(Some(&node), protocol)?;
+                Ok((connect(&client, connect_timeout, read_timeout)?, Some(node)))
             }
         }
     }
@@ -181,9 +155,9 @@ impl ClusterTarget {
         Ok(self.seed.info.clone().set_addr(addr))
     }
 
-    fn node_client(&self, node: Option<&str>) -> RedisResult<Client> {
+    fn node_client(&self, node: Option<&str>, protocol: Option<ProtocolVersion>) -> RedisResult<Client> {
         let first = self.nodes.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
-        client(&self.node_info(node.unwrap_or(&first))?, self.seed.certs.as_ref(), false)
+        client(&speaking(self.node_info(node.unwrap_or(&first))?, protocol), self.seed.certs.as_ref(), false)
     }
 
     fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<ClusterConnection> {
@@ -237,7 +211,7 @@ impl ClusterTarget {
         let mut last = None;
         for node in &nodes {
             let tried = self
-                .node_client(Some(node))
+                .node_client(Some(node), None)
                 .and_then(|c| connect(&c, connect_timeout, Some(connect_timeout)))
                 .and_then(|mut con| self.learn_nodes(&mut con));
             match tried {
@@ -263,7 +237,7 @@ fn array(value: &Value) -> &[Value] {
     }
 }
 
-fn text(value: &Value) -> Option<String> {
+pub(crate) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
@@ -504,13 +478,37 @@ impl Endpoint {
         Ok(Endpoint { client, info, certs, accept_invalid_hostnames, client_name })
     }
 
-    /// A connection to this server, named with `client_name` when the URL gives one.
-    fn connect(&self, connect_timeout: Duration, read_timeout: Option<Duration>) -> RedisResult<Connection> {
-        let mut con = connect(&self.client, connect_timeout, read_timeout)?;
+    /// A connection to this server speaking `protocol` (`None`: the URL's),
+    /// named with `client_name` when the URL gives one.
+    fn connect(
+        &self,
+        protocol: Option<ProtocolVersion>,
+        connect_timeout: Duration,
+        read_timeout: Option<Duration>,
+    ) -> RedisResult<Connection> {
+        let mut con = match protocol {
+            None => connect(&self.client, connect_timeout, read_timeout)?,
+            Some(_) => {
+                let client =
+                    client(&speaking(self.info.clone(), protocol), self.certs.as_ref(), self.accept_invalid_hostnames)?;
+                connect(&client, connect_timeout, read_timeout)?
+            }
+        };
         if let Some(name) = &self.client_name {
             redis::cmd("CLIENT").arg("SETNAME").arg(name).exec(&mut con)?;
         }
         Ok(con)
+    }
+}
+
+/// `info` speaking `protocol` (`None`: as it is).
+fn speaking(info: ConnectionInfo, protocol: Option<ProtocolVersion>) -> ConnectionInfo {
+    match protocol {
+        Some(protocol) => {
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            info.set_redis_settings(settings)
+        }
+        None => info,
     }
 }
 

@@ -132,7 +132,7 @@ impl Blocker<'_> {
         let node = shared.lock().groups.get(self.name).and_then(|g| g.node.clone());
         let timeout = Some(read_timeout(opts));
         let (mut con, node) =
-            shared.target.connect_node(node.as_deref(), self.attempt, opts.connect_timeout, timeout)?;
+            shared.target.connect_node(node.as_deref(), self.attempt, None, opts.connect_timeout, timeout)?;
         let id = learn_unblock(shared, &mut con)?;
         if let Some(group) = shared.lock().groups.get_mut(self.name) {
             (group.client_id, group.node) = (Some(id), node);
@@ -187,12 +187,7 @@ fn migrating(shared: &Shared, name: &str) {
         let mut table = shared.lock();
         let keys: Vec<String> = table.groups.get(name).map(|g| g.keys.keys().cloned().collect()).unwrap_or_default();
         for key in keys {
-            for sid in table.following(&key) {
-                if let Some(sub) = table.subs.get_mut(&sid).filter(|s| s.live) {
-                    sub.live = false;
-                    shared.queue_fetch(&mut table, sid);
-                }
-            }
+            shared.refeed(&mut table, &key);
         }
     }
     std::thread::sleep(MIGRATING_POLL);
@@ -272,13 +267,7 @@ fn check_streams(shared: &Shared, name: &str, con: &mut Connection) -> Result<()
     let keys: Vec<String> = {
         let table = shared.lock();
         let Some(group) = table.groups.get(name) else { return Ok(()) };
-        let followed = |key: &String| {
-            table
-                .by_key
-                .get(key)
-                .is_some_and(|ids| ids.iter().any(|i| table.subs.get(i).is_some_and(|s| s.state == SubState::Ok)))
-        };
-        group.keys.keys().filter(|k| followed(k)).cloned().collect()
+        group.keys.keys().filter(|k| table.followed(k)).cloned().collect()
     };
     if keys.is_empty() {
         return Ok(());

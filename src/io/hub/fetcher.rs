@@ -360,15 +360,9 @@ struct SafetyCheck {
 impl SafetyCheck {
     fn new(shared: &Shared, only: Option<&HashSet<String>>) -> SafetyCheck {
         let table = shared.lock();
-        let followed = |key: &String| {
-            table
-                .by_key
-                .get(key)
-                .is_some_and(|ids| ids.iter().any(|i| table.subs.get(i).is_some_and(|s| s.state == SubState::Ok)))
-        };
         let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
         let keys = table.listeners.values().flat_map(|l| l.keys.keys());
-        for key in keys.filter(|k| only.is_none_or(|only| only.contains(*k)) && followed(k)) {
+        for key in keys.filter(|k| only.is_none_or(|only| only.contains(*k)) && table.followed(k)) {
             let slot = if shared.target.is_cluster() { key_slot(key) } else { 0 };
             by_slot.entry(slot).or_default().push(key.clone());
         }
@@ -457,9 +451,7 @@ fn checked(shared: &Shared, keys: &[String], tops: &[String]) -> bool {
 fn poll_migrating(shared: &Shared, keys: &[String]) {
     let mut table = shared.lock();
     for key in keys {
-        for sid in table.following(key) {
-            shared.refetch(&mut table, sid);
-        }
+        shared.refetch_key(&mut table, key);
     }
 }
 

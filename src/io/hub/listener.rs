@@ -39,10 +39,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Connection, PushKind, RedisError, Value};
+use redis::{Connection, ProtocolVersion, PushKind, RedisError, Value};
 
 use super::Shared;
-use crate::io::links::{cause, is_link_error, key_slot, redirect, slot_group};
+use crate::io::links::{cause, is_link_error, key_slot, redirect, slot_group, text};
 
 /// How long a read for pushes waits before the listener looks for channels to
 /// (un)subscribe: the most a new key's first notice can wait for its
@@ -172,7 +172,9 @@ impl Listener<'_> {
 
     fn connect(&mut self) -> Result<(), RedisError> {
         let opts = &self.shared.opts;
-        let con = self.shared.target.connect_listener(self.name, opts.connect_timeout, Some(CONFIRM_WITHIN))?;
+        let node = Some(self.name).filter(|n| !n.is_empty()); // '' on one server
+        let resp3 = Some(ProtocolVersion::RESP3);
+        let (con, _) = self.shared.target.connect_node(node, 0, resp3, opts.connect_timeout, Some(CONFIRM_WITHIN))?;
         self.con = Some(con);
         (self.requested, self.unconfirmed, self.probe, self.synced) = (HashSet::new(), HashMap::new(), None, None);
         Ok(())
@@ -310,14 +312,6 @@ impl Listener<'_> {
     }
 }
 
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 /// A notice: the new top seq id of the channel's stream (decimal), or any
 /// other payload (a cancel), which is a hint to fetch all the same.
 fn notified(shared: &Shared, name: &str, channel: &str, payload: &str) {
@@ -345,9 +339,7 @@ fn notified(shared: &Shared, name: &str, channel: &str, payload: &str) {
 fn subscribed(shared: &Shared, name: &str, channel: &str) {
     let mut table = shared.lock();
     let Some(key) = table.listeners.get(name).and_then(|l| l.channels.get(channel)).cloned() else { return };
-    for sid in table.following(&key) {
-        shared.refetch(&mut table, sid);
-    }
+    shared.refetch_key(&mut table, &key);
 }
 
 /// The slot map is read again, and the keys of listen set `name` whose slot
@@ -365,12 +357,7 @@ fn rehome(shared: &Shared, name: &str) {
             continue;
         }
         table.stop_listening(&key);
-        for sid in table.following(&key) {
-            if let Some(sub) = table.subs.get_mut(&sid).filter(|s| s.live) {
-                sub.live = false;
-                shared.queue_fetch(&mut table, sid);
-            }
-        }
+        shared.refeed(&mut table, &key);
     }
 }
 
@@ -386,12 +373,7 @@ fn refused(shared: &Shared, why: &str) {
     table.events.push("notices_refused", format!("{why}; streams are followed by XREAD instead"));
     let keys: Vec<String> = table.listeners.values().flat_map(|l| l.keys.keys().cloned()).collect();
     for key in keys {
-        for sid in table.following(&key) {
-            if let Some(sub) = table.subs.get_mut(&sid).filter(|s| s.live) {
-                sub.live = false;
-                shared.queue_fetch(&mut table, sid);
-            }
-        }
+        shared.refeed(&mut table, &key);
     }
     table.listeners.clear();
     shared.changed.notify_all();

@@ -125,6 +125,25 @@ impl Shared {
         }
     }
 
+    /// `key`'s live subscriptions go back to the fetcher, which catches them
+    /// up and hands them on (a slot moving, notices refused, a key changing
+    /// hands).
+    fn refeed(&self, table: &mut Table, key: &str) {
+        for sid in table.following(key) {
+            if let Some(sub) = table.subs.get_mut(&sid).filter(|s| s.live) {
+                sub.live = false;
+                self.queue_fetch(table, sid);
+            }
+        }
+    }
+
+    /// `refetch` every subscription of `key`.
+    fn refetch_key(&self, table: &mut Table, key: &str) {
+        for sid in table.following(key) {
+            self.refetch(table, sid);
+        }
+    }
+
     /// Has a live subscription fetched (a notice, a subscribe, a safety
     /// check); one being fetched is fetched once more after.
     fn refetch(&self, table: &mut Table, sid: u64) {

@@ -244,4 +244,12 @@ impl Table {
     pub fn following(&self, key: &str) -> Vec<u64> {
         self.by_key.get(key).cloned().unwrap_or_default()
     }
+
+    /// Whether a read follows `key` with Redis answering (state `Ok`): the
+    /// keys a check of tops is about.
+    pub fn followed(&self, key: &str) -> bool {
+        self.by_key
+            .get(key)
+            .is_some_and(|ids| ids.iter().any(|i| self.subs.get(i).is_some_and(|s| s.state == SubState::Ok)))
+    }
 }

@@ -17,8 +17,8 @@ hub's, on its threads:
   its group (streams written by anything else, or not written yet; every
   key with ``delivery="xread"``) with one ``XREAD BLOCK`` and fans entries out
   to the live subscriptions of each key.  One server has one listener and
-  one blocker; a cluster has one of each per slot group (hash tag), each on
-  the slot's owner, following MOVED there.
+  one blocker; a cluster has a listener per node owning followed slots, and
+  a blocker per slot group (hash tag) on the slot's owner, following MOVED.
 
 A slow reader whose queue is full stops being live: it is fed by the fetcher
 again as it drains (notify-then-fetch), so it never makes the hub buffer
@@ -153,6 +153,25 @@ class Shared:
             sub.fetching = True
             self.fetch_queue.append(sub)
             self.changed.notify_all()
+
+    def followed(self, key: str) -> bool:
+        """Whether a read follows ``key`` with Redis answering (state ``ok``):
+        the keys a check of tops is about."""
+        return any(sub.state == SubState.OK for sub in self.by_key.get(key, ()))
+
+    def refeed(self, key: str) -> None:
+        """``key``'s live subscriptions go back to the fetcher, which catches
+        them up and hands them on (a slot moving, notices refused, a key
+        changing hands)."""
+        for sub in self.by_key.get(key, ()):
+            if sub.live:
+                sub.live = False
+                self.queue_fetch(sub)
+
+    def refetch_key(self, key: str) -> None:
+        """``refetch`` every subscription of ``key``."""
+        for sub in self.by_key.get(key, ()):
+            self.refetch(sub)
 
     def refetch(self, sub: Sub) -> None:
         """Have a live subscription fetched (a notice, a subscribe, a safety
@@ -350,8 +369,9 @@ class ReaderHub:
             )
 
     def take_events(self) -> list[tuple[str, str]]:
-        """The reconnects since the last call, oldest first, as ``(kind,
-        cause)``: ``reconnect``, ``dropped`` (events not kept)."""
+        """The hub's events since the last call, oldest first, as ``(kind,
+        cause)``: ``reconnect``, ``notices_refused``, ``notices_missed``,
+        ``dropped`` (events not kept)."""
         with self._shared.lock:
             return self._shared.events.take()
 

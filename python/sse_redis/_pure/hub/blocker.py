@@ -139,10 +139,7 @@ def migrating(shared: Shared, group: Group) -> None:
     follows each key (ASK), until the blocker's next try."""
     with shared.lock:
         for key in group.keys:
-            for sub in shared.by_key.get(key, ()):
-                if sub.live:
-                    sub.live = False
-                    shared.queue_fetch(sub)
+            shared.refeed(key)
     time.sleep(MIGRATING_POLL)
 
 
@@ -206,7 +203,7 @@ def check_streams(shared: Shared, group: Group, client: redis.Redis) -> None:
     were lost and written again below a reader's cursor (new entries there do
     not wake it either): one read-only script call per check (tops.lua)."""
     with shared.lock:
-        keys = [k for k in group.keys if any(s.state == SubState.OK for s in shared.by_key.get(k, ()))]
+        keys = [k for k in group.keys if shared.followed(k)]
     if not keys:
         return
     shared.count("checks")

@@ -289,9 +289,7 @@ class SafetyCheck:
         with shared.lock:
             for listen in shared.listeners.values():
                 for key in listen.keys:
-                    if (only is None or key in only) and any(
-                        s.state == SubState.OK for s in shared.by_key.get(key, ())
-                    ):
+                    if (only is None or key in only) and shared.followed(key):
                         by_slot.setdefault(key_slot(key.encode()) if shared.cluster else 0, []).append(key)
         self.chunks = deque(
             keys[i : i + CHECK_CHUNK] for keys in by_slot.values() for i in range(0, len(keys), CHECK_CHUNK)
@@ -370,8 +368,7 @@ def _poll_migrating(shared: Shared, keys: list[str]) -> None:
     on the importing node miss this hub); their fetches follow the move (ASK)."""
     with shared.lock:
         for key in keys:
-            for sub in shared.by_key.get(key, ()):
-                shared.refetch(sub)
+            shared.refetch_key(key)
 
 
 def unblock_blockers(shared: Shared) -> None:

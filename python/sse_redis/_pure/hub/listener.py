@@ -205,8 +205,8 @@ def subscribed(shared: Shared, listen: Listen, channel: str) -> None:
     not ours, so every subscription of its key catches up by range read."""
     with shared.lock:
         key = listen.channels.get(channel)
-        for sub in shared.by_key.get(key, ()) if key is not None else ():
-            shared.refetch(sub)
+        if key is not None:
+            shared.refetch_key(key)
 
 
 def rehome(shared: Shared, name: str) -> None:
@@ -228,10 +228,7 @@ def rehome(shared: Shared, name: str) -> None:
         for key in keys:
             if owners[key] != name and shared.listening_on.get(key) == name:
                 shared.stop_listening(key)
-                for sub in shared.by_key.get(key, ()):
-                    if sub.live:
-                        sub.live = False
-                        shared.queue_fetch(sub)
+                shared.refeed(key)
 
 
 def refused(shared: Shared, why: str) -> None:
@@ -245,10 +242,7 @@ def refused(shared: Shared, why: str) -> None:
         shared.events.push("notices_refused", f"{why}; streams are followed by XREAD instead")
         for listen in shared.listeners.values():
             for key in listen.keys:
-                for sub in shared.by_key.get(key, ()):
-                    if sub.live:
-                        sub.live = False
-                        shared.queue_fetch(sub)
+                shared.refeed(key)
         shared.listeners.clear()
         shared.changed.notify_all()
 
