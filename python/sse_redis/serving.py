@@ -72,12 +72,15 @@ _REASONS = {StreamNotFound: "not_found", StreamStalled: "stalled", StreamTrimmed
 @dataclass(frozen=True)
 class Answer:
     """What to send: a status, its headers, and for 200 the SSE body (bytes,
-    ending by itself); for 4xx a short plain-text ``text``."""
+    ending by itself); for 4xx a short plain-text ``text``; for 204 why, in
+    ``reason``: ``"unknown"`` (no such run) or ``"ended"`` (nothing after the
+    cursor), which protocols that never answer 204 tell apart."""
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
     body: AsyncIterator[bytes] | None = None
     text: str = ""
+    reason: str = ""
 
 
 def stream_error_event(exc: SSERedisError) -> str:
@@ -152,9 +155,9 @@ async def serve_run(
     except SSERedisError:
         known = False  # no status to go by (e.g. no rights on it): the stream alone decides
     if known and info is None:
-        return Answer(204)  # no status and no stream: unknown, or expired
+        return Answer(204, reason="unknown")  # no status and no stream: unknown, or expired
     if info is not None and info.state != "running" and cursor >= info.last_seq:
-        return Answer(204)  # ended, and the client has it all
+        return Answer(204, reason="ended")  # the client has it all
     chunks = reader.read(run_id, starting_after=cursor)
     first: str | None = None
     if info is None or info.state != "running":
@@ -162,8 +165,10 @@ async def serve_run(
         # chunk tells (a stream that is not there gets 204, not an error).
         try:
             first = await chunks.__anext__()
-        except (StopAsyncIteration, StreamNotFound):
-            return Answer(204)
+        except StopAsyncIteration:
+            return Answer(204, reason="ended")
+        except StreamNotFound:
+            return Answer(204, reason="unknown")
         except SSERedisError as exc:
             retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
             return Answer(200, STREAM_HEADERS, _one(retry + stream_error_event(exc)))

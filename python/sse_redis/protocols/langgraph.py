@@ -182,9 +182,9 @@ class _Api:
         # As LangGraph Server: the SDK reconnects to Location with its Last-Event-ID
         # after a drop, and asks the run at Content-Location after a close without `end`.
         headers = {**STREAM_HEADERS, "Location": f"{run_path}/stream", "Content-Location": run_path}
+        if answer.status == 204 and answer.reason == "unknown":
+            return _detail(404, f"Run {run_id} not found")
         if answer.status == 204:
-            if await self._status(key) is None:
-                return _detail(404, f"Run {run_id} not found")
             return Response(_END, headers=headers)  # ended, and the client has it all
         if answer.body is None:
             return _detail(answer.status, answer.text)

@@ -128,18 +128,11 @@ async def _stream(
 ) -> Response:
     starting_after = request.query_params.get("starting_after")
     query = {} if starting_after is None else {"starting_after": starting_after}
-    for _ in range(2):
-        answer = await serving.serve_run(reader, response_id, query=query, verdict=verdict, control=control)
-        if answer.status != 204:
-            break
-        # Unknown, or ended with nothing after the cursor: the API has a 404
-        # for the one and an empty stream for the other.  (Running: it was
-        # registered since the serving core looked; ask it once more.)
-        info = await control.status(response_id)
-        if info is None:
-            return _not_found(response_id)
-        if info.state != "running":
-            break
+    answer = await serving.serve_run(reader, response_id, query=query, verdict=verdict, control=control)
+    # Unknown, or ended with nothing after the cursor: the API has a 404 for
+    # the one and an empty stream for the other.
+    if answer.status == 204 and answer.reason == "unknown":
+        return _not_found(response_id)
     if answer.status == 204:
         return StreamingResponse(_nothing(), headers=dict(serving.STREAM_HEADERS))
     if answer.body is None:
